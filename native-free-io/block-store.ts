@@ -1,0 +1,74 @@
+/**
+ * The storage contract every layer above writes to. Implementations use only
+ * Node's built-ins (no native addons) and import nothing from src/.
+ *
+ * Offsets and lengths are byte counts held in JS numbers: exact up to 2^53,
+ * i.e. 8 PiB, far beyond any disk this runs on. Callers check ranges; a store
+ * still refuses an out-of-range request with EINVAL/ENOSPC rather than
+ * touching bytes it does not own.
+ */
+
+/** One run of blocks with the same allocation state. */
+export interface Extent {
+  offset: number;
+  length: number;
+  /** Not allocated on the backing store (a hole). */
+  hole: boolean;
+  /** Reads as zeroes. */
+  zero: boolean;
+}
+
+export interface WriteZeroesOptions {
+  /** The caller wants the range allocated (NBD NO_HOLE): do not punch. */
+  noHole?: boolean;
+}
+
+/** What the store can do, so a frontend advertises only what is real. */
+export interface BlockStoreCapabilities {
+  /** trim() really releases space (otherwise it is a successful no-op). */
+  readonly canTrim: boolean;
+  /** writeZeroes() can be done faster than writing zero buffers. */
+  readonly canFastZero: boolean;
+  /** extents() reports real holes (otherwise everything is allocated data). */
+  readonly knowsAllocation: boolean;
+  /** A rotational medium, as far as the store can tell. */
+  readonly rotational: boolean;
+}
+
+export interface BlockStore {
+  /** Size in bytes of the addressable range. */
+  readonly size: number;
+  readonly capabilities: BlockStoreCapabilities;
+
+  /**
+   * Read `length` bytes at `offset`. When `into` is given the bytes land there
+   * (it must hold `length` bytes) and it is returned; otherwise a new Buffer.
+   */
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer>;
+  write(offset: number, data: Buffer): Promise<void>;
+  writeZeroes(offset: number, length: number, options?: WriteZeroesOptions): Promise<void>;
+  /** A hint that the range is no longer needed; contents afterwards are unspecified. */
+  trim(offset: number, length: number): Promise<void>;
+  /** Every write completed before the call is on stable storage when it resolves. */
+  flush(): Promise<void>;
+  /** Allocation map of [offset, offset+length), in order, covering the whole range. */
+  extents(offset: number, length: number): Promise<Extent[]>;
+  close(): Promise<void>;
+}
+
+/** Why an I/O failed, as the operating system said it (EIO, ENOSPC, ...). */
+export class BlockStoreError extends Error {
+  readonly errno: string;
+  readonly op: string;
+  readonly offset: number;
+  readonly length: number;
+
+  constructor(errno: string, op: string, offset: number, length: number, message?: string) {
+    super(message ?? `${op} at ${offset}+${length} failed: ${errno}`);
+    this.name = 'BlockStoreError';
+    this.errno = errno;
+    this.op = op;
+    this.offset = offset;
+    this.length = length;
+  }
+}

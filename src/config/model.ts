@@ -1,0 +1,88 @@
+/**
+ * The parsed, validated configuration: what the rest of mirrorbd reads.
+ * Durations are stored in milliseconds and sizes in bytes, whatever unit the
+ * file used (DRBD's ping-int is seconds, ping-timeout tenths are written as
+ * decimals here: `ping-timeout 0.5;`).
+ */
+
+export type NbdAddress =
+  | { kind: 'tcp'; host: string; port: number }
+  | { kind: 'unix'; path: string };
+
+export interface TcpAddress {
+  host: string;
+  port: number;
+}
+
+export type Protocol = 'A' | 'B' | 'C';
+
+export interface NetOptions {
+  protocol: Protocol;
+  pingIntMs: number;
+  pingTimeoutMs: number;
+  connectIntMs: number;
+  timeoutMs: number;
+  koCount: number;
+  sharedSecret: string | null;
+}
+
+export type OnIoError = 'detach' | 'pass_on';
+
+export interface DiskOptions {
+  resyncRateBytesPerSec: number;
+  alExtents: number;
+  onIoError: OnIoError;
+}
+
+export type TlsModeSetting = 'off' | 'optional' | 'required';
+
+export interface NbdOptions {
+  tls: TlsModeSetting;
+  tlsKeyFile: string | null;
+  tlsCertFile: string | null;
+  tlsCaFile: string | null;
+  /** Client addresses or CIDRs; empty: everyone. */
+  allow: string[];
+  /** Largest READ/WRITE payload advertised and accepted (32 MiB default, at most 64 MiB). */
+  maxPayloadBytes: number;
+  description: string | null;
+}
+
+export interface NodeConfig {
+  name: string;
+  nodeId: number;
+  /** Backing disk path; null for a diskless node (`disk none;`). */
+  disk: string | null;
+  /** 'internal' or the path of an external metadata device. */
+  metaDisk: 'internal' | string;
+  address: TcpAddress | null;
+  nbdAddress: NbdAddress | null;
+}
+
+export interface ResourceConfig {
+  name: string;
+  net: NetOptions;
+  disk: DiskOptions;
+  nbd: NbdOptions;
+  /** Handler name -> command line, e.g. 'split-brain' -> '/usr/local/sbin/notify'. */
+  handlers: Record<string, string>;
+  nodes: NodeConfig[];
+}
+
+export interface GlobalOptions {
+  runDir: string;
+  logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal';
+}
+
+export interface Config {
+  /** The file it was read from (for messages). */
+  file: string;
+  global: GlobalOptions;
+  resources: ResourceConfig[];
+}
+
+export const DEFAULT_CONFIG_FILE = '/etc/mirrorbd/mirrorbd.conf';
+export const DEFAULT_RUN_DIR = '/run/mirrorbd';
+export const DEFAULT_MAX_PAYLOAD_BYTES = 32 * 1024 * 1024;
+export const MAX_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024;
+export const DEFAULT_NBD_PORT = 10809;
