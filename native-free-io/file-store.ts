@@ -1,0 +1,344 @@
+/**
+ * A BlockStore over a regular file or a block device, using only node:fs.
+ *
+ * One file descriptor, positional reads and writes (pread/pwrite through
+ * libuv's thread pool), fdatasync for flush. At most `maxInFlight` requests
+ * are at the fs layer at once; the rest wait in arrival order, so a burst of
+ * client requests turns into backpressure instead of an unbounded libuv queue.
+ *
+ * What Node cannot do without a native addon, this store says it does not do:
+ * no hole punching (trim is a successful no-op, canTrim=false), no
+ * SEEK_DATA/SEEK_HOLE (everything is reported as allocated data,
+ * knowsAllocation=false), no BLKZEROOUT (writeZeroes writes zero buffers,
+ * canFastZero=false).
+ */
+import fs, { promises as fsp } from 'node:fs';
+import { constants as bufferConstants } from 'node:buffer';
+import {
+  BlockStoreError,
+  type BlockStore,
+  type BlockStoreCapabilities,
+  type Extent,
+  type WriteZeroesOptions,
+} from './block-store.js';
+import { sizeOf } from './device-size.js';
+import { IoLimiter } from './io-limiter.js';
+import { nodePositionalIo, type PositionalIo } from './positional-io.js';
+import { checkRange, isByteCount } from './range-check.js';
+
+export const DEFAULT_MAX_IN_FLIGHT = 64;
+
+/**
+ * The largest single pread/pwrite. Bigger requests are split so that one huge
+ * request neither holds a libuv thread for long nor needs a kernel bounce of
+ * unbounded size; 8 MiB is far past where per-call overhead matters.
+ */
+export const MAX_CHUNK_BYTES = 8 * 1024 * 1024;
+
+export interface FileStoreOptions {
+  /** Open O_RDONLY; writes then fail with the system's EBADF. */
+  readOnly?: boolean;
+  /** Requests outstanding at the fs layer at most (default 64). */
+  maxInFlight?: number;
+  /**
+   * Expose only [0, sizeLimitBytes) of the file or device, e.g. when internal
+   * metadata lives past it. Must not exceed the size found at open.
+   */
+  sizeLimitBytes?: number;
+  /** Replaces the system calls, for fault injection and instrumentation. */
+  io?: PositionalIo;
+}
+
+/**
+ * Shared source for writeZeroes in every FileStore of the process: allocated
+ * once on first use, only ever read from (pwrite copies out of it), so
+ * concurrent writers can share it safely.
+ */
+let sharedZeroes: Buffer | undefined;
+function zeroBuffer(): Buffer {
+  sharedZeroes ??= Buffer.alloc(MAX_CHUNK_BYTES);
+  return sharedZeroes;
+}
+
+export class FileStore implements BlockStore {
+  readonly path: string;
+  readonly size: number;
+  /** Size of the whole file or device at open, before sizeLimitBytes. */
+  readonly deviceSizeBytes: number;
+  readonly isBlockDevice: boolean;
+  readonly readOnly: boolean;
+  readonly capabilities: BlockStoreCapabilities;
+
+  private readonly fd: number;
+  private readonly io: PositionalIo;
+  private readonly limiter: IoLimiter;
+  private closed = false;
+  private closing: Promise<void> | undefined;
+
+  private constructor(init: {
+    path: string;
+    fd: number;
+    sizeBytes: number;
+    deviceSizeBytes: number;
+    isBlockDevice: boolean;
+    readOnly: boolean;
+    rotational: boolean;
+    maxInFlight: number;
+    io: PositionalIo;
+  }) {
+    this.path = init.path;
+    this.fd = init.fd;
+    this.size = init.sizeBytes;
+    this.deviceSizeBytes = init.deviceSizeBytes;
+    this.isBlockDevice = init.isBlockDevice;
+    this.readOnly = init.readOnly;
+    this.io = init.io;
+    this.limiter = new IoLimiter(init.maxInFlight);
+    this.capabilities = Object.freeze({
+      canTrim: false,
+      canFastZero: false,
+      knowsAllocation: false,
+      rotational: init.rotational,
+    });
+  }
+
+  /** Opens `path` (a regular file or a block device). Failures are BlockStoreErrors with op 'open'. */
+  static async open(path: string, options: FileStoreOptions = {}): Promise<FileStore> {
+    const readOnly = options.readOnly ?? false;
+    const maxInFlight = options.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT;
+    const limit = options.sizeLimitBytes;
+    if (!Number.isSafeInteger(maxInFlight) || maxInFlight < 1) {
+      throw new BlockStoreError('EINVAL', 'open', 0, 0, `${path}: maxInFlight must be a positive integer, got ${maxInFlight}`);
+    }
+    if (limit !== undefined && !isByteCount(limit)) {
+      throw new BlockStoreError('EINVAL', 'open', 0, 0, `${path}: sizeLimitBytes must be a non-negative integer, got ${limit}`);
+    }
+
+    let fd: number;
+    try {
+      fd = await openFd(path, readOnly ? 'r' : 'r+');
+    } catch (e) {
+      throw fsFailure(e, 'open', 0, 0, path);
+    }
+    try {
+      const sized = await sizeOf(fd);
+      if (limit !== undefined && limit > sized.size) {
+        throw new BlockStoreError('EINVAL', 'open', 0, limit, `${path}: sizeLimitBytes ${limit} exceeds its ${sized.size} bytes`);
+      }
+      const rotational = sized.sysfsDir !== undefined ? await readRotational(sized.sysfsDir) : false;
+      return new FileStore({
+        path,
+        fd,
+        sizeBytes: limit ?? sized.size,
+        deviceSizeBytes: sized.size,
+        isBlockDevice: sized.isBlockDevice,
+        readOnly,
+        rotational,
+        maxInFlight,
+        io: options.io ?? nodePositionalIo,
+      });
+    } catch (e) {
+      await closeFd(fd).catch(() => undefined);
+      throw fsFailure(e, 'open', 0, 0, path);
+    }
+  }
+
+  /** Requests at the fs layer now (never more than maxInFlight). */
+  get inFlight(): number {
+    return this.limiter.inFlight;
+  }
+
+  /** Requests waiting for a slot. */
+  get queued(): number {
+    return this.limiter.queued;
+  }
+
+  get maxInFlight(): number {
+    return this.limiter.maxInFlight;
+  }
+
+  async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    this.ensureOpen('read', offset, length);
+    checkRange('read', offset, length, this.size, 'EINVAL');
+    if (into !== undefined && !(into instanceof Uint8Array && into.length >= length)) {
+      throw new BlockStoreError('EINVAL', 'read', offset, length, `read: the buffer given holds fewer than ${length} bytes`);
+    }
+    if (into === undefined && length > bufferConstants.MAX_LENGTH) {
+      throw new BlockStoreError('EINVAL', 'read', offset, length, `read: ${length} bytes is more than one Buffer can hold`);
+    }
+    // allocUnsafe is fine: every byte is either read or zero-filled below.
+    const buffer = into ?? Buffer.allocUnsafe(length);
+    if (length === 0) return buffer;
+    if (!this.limiter.tryAcquire()) await this.limiter.acquire();
+    try {
+      // The common case is one call that moves everything; only a split or
+      // short request pays for the loop in readRest.
+      const got = await this.io.read(this.fd, buffer, 0, Math.min(length, MAX_CHUNK_BYTES), offset);
+      if (got !== length) await this.readRest(buffer, offset, length, got);
+    } catch (e) {
+      throw fsFailure(e, 'read', offset, length, this.path);
+    } finally {
+      this.limiter.release();
+    }
+    return buffer;
+  }
+
+  async write(offset: number, data: Buffer): Promise<void> {
+    const length = data instanceof Uint8Array ? data.length : NaN;
+    this.ensureOpen('write', offset, length);
+    checkRange('write', offset, length, this.size, 'ENOSPC');
+    if (length === 0) return;
+    if (!this.limiter.tryAcquire()) await this.limiter.acquire();
+    try {
+      const put = await this.io.write(this.fd, data, 0, Math.min(length, MAX_CHUNK_BYTES), offset);
+      if (put !== length) await this.writeFully(data, length, offset, put);
+    } catch (e) {
+      throw fsFailure(e, 'write', offset, length, this.path);
+    } finally {
+      this.limiter.release();
+    }
+  }
+
+  /**
+   * Writes real zeroes, so the range is allocated afterwards whatever
+   * `noHole` says; there is no faster path without native calls.
+   */
+  async writeZeroes(offset: number, length: number, _options?: WriteZeroesOptions): Promise<void> {
+    this.ensureOpen('writeZeroes', offset, length);
+    checkRange('writeZeroes', offset, length, this.size, 'ENOSPC');
+    if (length === 0) return;
+    const zeroes = zeroBuffer();
+    if (!this.limiter.tryAcquire()) await this.limiter.acquire();
+    try {
+      for (let done = 0; done < length; ) {
+        const n = Math.min(length - done, zeroes.length);
+        await this.writeFully(zeroes, n, offset + done);
+        done += n;
+      }
+    } catch (e) {
+      throw fsFailure(e, 'writeZeroes', offset, length, this.path);
+    } finally {
+      this.limiter.release();
+    }
+  }
+
+  /**
+   * A successful no-op after the range check. Releasing space needs
+   * fallocate(PUNCH_HOLE) or BLKDISCARD, which node:fs does not offer; trim is
+   * only a hint and its contents afterwards are unspecified, so leaving the
+   * data in place is correct. capabilities.canTrim=false tells the frontend
+   * not to advertise it.
+   */
+  async trim(offset: number, length: number): Promise<void> {
+    this.ensureOpen('trim', offset, length);
+    checkRange('trim', offset, length, this.size, 'EINVAL');
+  }
+
+  /**
+   * fdatasync: every write that completed before the call is durable when it
+   * resolves (on a block device the kernel also flushes the device's cache).
+   */
+  async flush(): Promise<void> {
+    this.ensureOpen('flush', 0, 0);
+    if (!this.limiter.tryAcquire()) await this.limiter.acquire();
+    try {
+      await this.io.datasync(this.fd);
+    } catch (e) {
+      throw fsFailure(e, 'flush', 0, 0, this.path);
+    } finally {
+      this.limiter.release();
+    }
+  }
+
+  /** Without SEEK_DATA/SEEK_HOLE the whole range is reported as allocated data. */
+  async extents(offset: number, length: number): Promise<Extent[]> {
+    this.ensureOpen('extents', offset, length);
+    checkRange('extents', offset, length, this.size, 'EINVAL');
+    return length === 0 ? [] : [{ offset, length, hole: false, zero: false }];
+  }
+
+  /**
+   * Refuses new requests at once (EBADF), lets the accepted ones finish,
+   * then closes the descriptor. Calling it again returns the same promise.
+   */
+  close(): Promise<void> {
+    if (this.closing === undefined) {
+      this.closed = true;
+      this.closing = this.limiter
+        .idle()
+        .then(() => closeFd(this.fd))
+        .catch((e: unknown) => {
+          throw fsFailure(e, 'close', 0, 0, this.path);
+        });
+    }
+    return this.closing;
+  }
+
+  private ensureOpen(op: string, offset: number, length: number): void {
+    if (this.closed) throw new BlockStoreError('EBADF', op, offset, length, `${this.path}: ${op} after close`);
+  }
+
+  /**
+   * Finishes a read whose first call moved `firstBytes` (split, short, or at
+   * end of file): pread in chunks until `length` bytes are in.
+   */
+  private async readRest(buffer: Buffer, position: number, length: number, firstBytes: number): Promise<void> {
+    let done = firstBytes;
+    let got = firstBytes;
+    while (done < length) {
+      if (got === 0) {
+        // End of file inside the range: a regular file shorter than the
+        // store (shrunk since open) reads as zeroes past its end, as a
+        // sparse tail would. A device that ends early has lost data.
+        if (this.isBlockDevice) {
+          throw new BlockStoreError('EIO', 'read', position, length, `${this.path}: device ended at ${position + done}`);
+        }
+        buffer.fill(0, done, length);
+        return;
+      }
+      got = await this.io.read(this.fd, buffer, done, Math.min(length - done, MAX_CHUNK_BYTES), position + done);
+      done += got;
+    }
+  }
+
+  /** pwrite the first `length` bytes of `data` at `position`, from byte `done` on, in chunks; continues short writes. */
+  private async writeFully(data: Uint8Array, length: number, position: number, done = 0): Promise<void> {
+    while (done < length) {
+      const put = await this.io.write(this.fd, data, done, Math.min(length - done, MAX_CHUNK_BYTES), position + done);
+      // pwrite returning 0 for a non-empty request would loop forever.
+      if (put <= 0) throw new BlockStoreError('EIO', 'write', position, length, `${this.path}: no progress writing at ${position + done}`);
+      done += put;
+    }
+  }
+}
+
+/** Any failure as a BlockStoreError carrying the system's errno string. */
+function fsFailure(e: unknown, op: string, offset: number, length: number, path: string): BlockStoreError {
+  if (e instanceof BlockStoreError) return e;
+  const code = (e as { code?: unknown } | null)?.code;
+  const errno = typeof code === 'string' ? code : 'EIO';
+  const detail = e instanceof Error ? e.message : String(e);
+  return new BlockStoreError(errno, op, offset, length, `${path}: ${op} at ${offset}+${length} failed: ${errno} (${detail})`);
+}
+
+function openFd(path: string, flags: string): Promise<number> {
+  return new Promise((resolve, reject) => fs.open(path, flags, (err, fd) => (err ? reject(err) : resolve(fd))));
+}
+
+function closeFd(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.close(fd, (err) => (err ? reject(err) : resolve())));
+}
+
+/** queue/rotational of the device, or of its parent disk for a partition. */
+async function readRotational(sysfsDir: string): Promise<boolean> {
+  // Plain concatenation on purpose: path.join would fold `x/..` away before
+  // the kernel could follow the MAJ:MIN symlink to the partition's parent.
+  for (const file of [`${sysfsDir}/queue/rotational`, `${sysfsDir}/../queue/rotational`]) {
+    try {
+      return (await fsp.readFile(file, 'utf8')).trim() === '1';
+    } catch {
+      // try the next one
+    }
+  }
+  return false;
+}
