@@ -24,7 +24,11 @@ export interface NetOptions {
   timeoutMs: number;
   koCount: number;
   sharedSecret: string | null;
+  /** HMAC used for the peer challenge when a shared secret is set. */
+  cramHmacAlg: CramHmacAlg;
 }
+
+export type CramHmacAlg = 'sha256' | 'sha1';
 
 export type OnIoError = 'detach' | 'pass_on';
 
@@ -48,6 +52,18 @@ export interface NbdOptions {
   description: string | null;
 }
 
+/** `quorum`: off, a majority or all of the voters, or a fixed number of votes. */
+export type QuorumSetting = 'off' | 'majority' | 'all' | number;
+
+export type OnNoQuorum = 'suspend-io' | 'io-error';
+
+/** The `options` section (resource options, as DRBD 9 names them). */
+export interface ResourceOptions {
+  quorum: QuorumSetting;
+  onNoQuorum: OnNoQuorum;
+  autoPromote: boolean;
+}
+
 export interface NodeConfig {
   name: string;
   nodeId: number;
@@ -64,6 +80,7 @@ export interface ResourceConfig {
   net: NetOptions;
   disk: DiskOptions;
   nbd: NbdOptions;
+  options: ResourceOptions;
   /** Handler name -> command line, e.g. 'split-brain' -> '/usr/local/sbin/notify'. */
   handlers: Record<string, string>;
   nodes: NodeConfig[];

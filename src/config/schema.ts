@@ -1,0 +1,177 @@
+/**
+ * The one table of the config language: which sections exist, where they may
+ * appear, which keys each holds, what values a key takes, its default, and
+ * the field of the parsed model it fills. The resolver, the formatter and the
+ * docs all read this table, so a new setting is a new row here.
+ */
+import { configError } from '../errors.js';
+import type { Token } from './lexer.js';
+import {
+  DEFAULT_MAX_PAYLOAD_BYTES,
+  DEFAULT_RUN_DIR,
+  MAX_MAX_PAYLOAD_BYTES,
+} from './model.js';
+import * as v from './values.js';
+
+export interface KeyRule {
+  key: string;
+  /** Property of the parsed model it sets (NetOptions.pingIntMs, ...). */
+  field: string;
+  type: v.ValueType<unknown>;
+  /** Several values per statement; the statement may repeat and the values add up. */
+  list?: true;
+  /** Value when nobody set the key; `undefined` means the field stays absent. */
+  default?: unknown;
+}
+
+export type OptionSectionName = 'net' | 'disk' | 'nbd' | 'options' | 'handlers';
+export type SectionName = 'global' | 'common' | 'resource' | 'on' | OptionSectionName;
+
+export interface SectionRule {
+  /** Takes a name before `{` (`resource r0`, `on alpha`). */
+  takesName: boolean;
+  keys: readonly KeyRule[];
+  sections: readonly SectionName[];
+  /**
+   * Rules across keys, run on the merged values of a resource. `at` tells
+   * where a field was set (undefined: it has its default).
+   */
+  check?: (values: Readonly<Record<string, unknown>>, at: (field: string) => Token | undefined) => void;
+}
+
+/** Option sections in the order they are printed; `common` and `resource` hold them all. */
+export const OPTION_SECTIONS: readonly OptionSectionName[] = ['net', 'disk', 'nbd', 'options', 'handlers'];
+
+const SECONDS = 1000;
+
+/** DRBD's handler names that mirrorbd runs (each value is a command line). */
+export const HANDLER_NAMES = [
+  'fence-peer',
+  'split-brain',
+  'before-promote',
+  'after-promote',
+  'after-demote',
+  'quorum-lost',
+  'out-of-sync',
+  'before-resync-target',
+  'after-resync-target',
+] as const;
+
+/** A command line; long enough for any sane script invocation. */
+const MAX_COMMAND_CHARS = 1024;
+
+export const TOP_LEVEL: SectionRule = {
+  takesName: false,
+  keys: [{ key: 'include', field: 'include', type: v.path, list: true }],
+  sections: ['global', 'common', 'resource'],
+};
+
+export const SECTIONS: Readonly<Record<SectionName, SectionRule>> = {
+  global: {
+    takesName: false,
+    sections: [],
+    keys: [
+      { key: 'run-dir', field: 'runDir', type: v.path, default: DEFAULT_RUN_DIR },
+      {
+        key: 'log-level',
+        field: 'logLevel',
+        type: v.keyword(['trace', 'debug', 'info', 'warn', 'error', 'fatal']),
+        default: 'info',
+      },
+    ],
+  },
+  common: { takesName: false, keys: [], sections: OPTION_SECTIONS },
+  resource: {
+    takesName: true,
+    // The default meta-disk of the resource's nodes; `on` sections may override it.
+    keys: [{ key: 'meta-disk', field: 'metaDisk', type: v.metaDisk, default: 'internal' }],
+    sections: [...OPTION_SECTIONS, 'on'],
+  },
+  on: {
+    takesName: true,
+    sections: [],
+    keys: [
+      { key: 'node-id', field: 'nodeId', type: v.integer(0, 31) },
+      { key: 'disk', field: 'disk', type: v.diskPath },
+      { key: 'meta-disk', field: 'metaDisk', type: v.metaDisk },
+      { key: 'address', field: 'address', type: v.optional(v.tcpAddress), default: null },
+      { key: 'nbd-address', field: 'nbdAddress', type: v.optional(v.nbdAddress), default: null },
+    ],
+  },
+  net: {
+    takesName: false,
+    sections: [],
+    keys: [
+      { key: 'protocol', field: 'protocol', type: v.keyword(['A', 'B', 'C']), default: 'C' },
+      { key: 'ping-int', field: 'pingIntMs', type: v.seconds(1 * SECONDS, 120 * SECONDS, false), default: 10 * SECONDS },
+      { key: 'ping-timeout', field: 'pingTimeoutMs', type: v.seconds(100, 30 * SECONDS, true), default: 500 },
+      { key: 'connect-int', field: 'connectIntMs', type: v.seconds(1 * SECONDS, 120 * SECONDS, false), default: 10 * SECONDS },
+      { key: 'timeout', field: 'timeoutMs', type: v.seconds(100, 60 * SECONDS, true), default: 6 * SECONDS },
+      { key: 'ko-count', field: 'koCount', type: v.integer(0, 200), default: 7 },
+      // DRBD caps the secret at 64 characters; so do we, so configs move both ways.
+      { key: 'shared-secret', field: 'sharedSecret', type: v.optional(v.text(1, 64)), default: null },
+      { key: 'cram-hmac-alg', field: 'cramHmacAlg', type: v.keyword(['sha256', 'sha1']), default: 'sha256' },
+    ],
+  },
+  disk: {
+    takesName: false,
+    sections: [],
+    keys: [
+      // Bare numbers are KiB/s, as in DRBD.
+      { key: 'resync-rate', field: 'resyncRateBytesPerSec', type: v.size(1024, 1024 ** 4, 1024), default: 100 * 1024 ** 2 },
+      { key: 'al-extents', field: 'alExtents', type: v.integer(7, 65536), default: 1237 },
+      { key: 'on-io-error', field: 'onIoError', type: v.keyword(['detach', 'pass_on']), default: 'detach' },
+    ],
+  },
+  nbd: {
+    takesName: false,
+    sections: [],
+    keys: [
+      { key: 'tls', field: 'tls', type: v.keyword(['off', 'optional', 'required']), default: 'off' },
+      { key: 'tls-key', field: 'tlsKeyFile', type: v.optional(v.path), default: null },
+      { key: 'tls-cert', field: 'tlsCertFile', type: v.optional(v.path), default: null },
+      { key: 'tls-ca', field: 'tlsCaFile', type: v.optional(v.path), default: null },
+      { key: 'allow', field: 'allow', type: v.addressOrCidr, list: true, default: [] },
+      {
+        key: 'max-payload',
+        field: 'maxPayloadBytes',
+        type: v.size(64 * 1024, MAX_MAX_PAYLOAD_BYTES, 1),
+        default: DEFAULT_MAX_PAYLOAD_BYTES,
+      },
+      // NBD carries the description in a reply of at most 4 KiB.
+      { key: 'description', field: 'description', type: v.optional(v.text(0, 4096)), default: null },
+    ],
+    check: (values, at) => {
+      if (values.tls === 'off') return;
+      for (const [field, key] of [['tlsKeyFile', 'tls-key'], ['tlsCertFile', 'tls-cert']] as const) {
+        if (values[field] === null) {
+          const tok = at('tls')!;
+          throw configError(tok.file, tok.line, tok.column, `found 'tls ${String(values.tls)}' without '${key}', expected tls-key and tls-cert when tls is not off`);
+        }
+      }
+    },
+  },
+  options: {
+    takesName: false,
+    sections: [],
+    keys: [
+      { key: 'quorum', field: 'quorum', type: v.quorum, default: 'off' },
+      { key: 'on-no-quorum', field: 'onNoQuorum', type: v.keyword(['suspend-io', 'io-error']), default: 'suspend-io' },
+      { key: 'auto-promote', field: 'autoPromote', type: v.yesNo, default: true },
+    ],
+  },
+  handlers: {
+    takesName: false,
+    sections: [],
+    keys: HANDLER_NAMES.map((h) => ({ key: h, field: h, type: v.text(1, MAX_COMMAND_CHARS) })),
+  },
+};
+
+/** The defaults of a section, as a fresh object (lists are copied, never shared). */
+export function sectionDefaults(rule: SectionRule): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const k of rule.keys) {
+    if (k.default !== undefined) out[k.field] = Array.isArray(k.default) ? [...k.default] : k.default;
+  }
+  return out;
+}
