@@ -226,8 +226,8 @@ export class FileStore implements BlockStore {
    * A successful no-op after the range check. Releasing space needs
    * fallocate(PUNCH_HOLE) or BLKDISCARD, which node:fs does not offer; trim is
    * only a hint and its contents afterwards are unspecified, so leaving the
-   * data in place is correct. capabilities.canTrim=false tells the frontend
-   * not to advertise it.
+   * data in place is correct. capabilities.canTrim=false tells the layers
+   * above that no space comes back.
    */
   async trim(offset: number, length: number): Promise<void> {
     this.ensureOpen('trim', offset, length);
