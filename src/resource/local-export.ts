@@ -37,6 +37,8 @@ export class LocalExport implements NbdExport {
   readonly counters: IoCounters = { reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, flushes: 0, trims: 0, zeroes: 0, errors: 0 };
   private readonly clientsById = new Map<number, NbdClientInfo>();
   private readonly flusher: FlushCoalescer;
+  /** Fixed for the life of the export; the server reads it on every request. */
+  private readonly featureSet: ExportFeatures;
 
   constructor(
     readonly name: string,
@@ -46,14 +48,7 @@ export class LocalExport implements NbdExport {
     private readonly gate: ExportGate,
   ) {
     this.flusher = new FlushCoalescer(() => this.store.flush());
-  }
-
-  size(): number {
-    return this.store.size;
-  }
-
-  features(): ExportFeatures {
-    return {
+    this.featureSet = Object.freeze({
       readOnly: false,
       canFlush: true,
       canFua: true,
@@ -66,8 +61,16 @@ export class LocalExport implements NbdExport {
       canFastZero: true,
       canCache: true,
       canMultiConn: true,
-      rotational: this.store.capabilities.rotational,
-    };
+      rotational: store.capabilities.rotational,
+    });
+  }
+
+  size(): number {
+    return this.store.size;
+  }
+
+  features(): ExportFeatures {
+    return this.featureSet;
   }
 
   blockSize(): BlockSizeConstraints {
