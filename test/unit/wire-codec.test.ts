@@ -1,0 +1,498 @@
+import { describe, expect, it } from 'vitest';
+import {
+  DEFAULT_MAX_PACKET_LENGTH,
+  FEATURES,
+  HEADER_FLAG_DIGEST,
+  HEADER_SIZE,
+  PACKET_SPECS,
+  PARAMS_FLAGS,
+  PacketDecoder,
+  PacketType,
+  UUID_FLAGS,
+  WIRE_MAGIC,
+  WRITE_FLAGS,
+  encodeInto,
+  encodePacket,
+  encodedLength,
+  type Packet,
+  type PacketDecoderOptions,
+  type PacketKind,
+} from '../../src/replication/wire/index.js';
+
+function bytes(n: number, seed: number): Buffer {
+  const b = Buffer.alloc(n);
+  for (let i = 0; i < n; i++) b[i] = (i * 31 + seed) & 0xff;
+  return b;
+}
+
+/** One packet of every kind, fields chosen to exercise widths (u64 above 2^32, max u32, UTF-8). */
+const SAMPLES: Packet[] = [
+  { kind: 'hello', protocolMin: 1, protocolMax: 3, features: (FEATURES.INTEGRITY_CRC32C | FEATURES.TRIM | 0x8000_0000) >>> 0, sessionId: 0xfedc_ba98_7654_3210n, nodeId: 31, channel: 'meta', resource: 'r0-données' },
+  { kind: 'auth-challenge', challenge: bytes(32, 1) },
+  { kind: 'auth-response', response: bytes(32, 2) },
+  { kind: 'auth-ok' },
+  { kind: 'params', protocol: 'B', flags: PARAMS_FLAGS.DISCARD_MY_DATA, csumsAlg: 'sha256', verifyAlg: '' },
+  { kind: 'sizes', dataSizeBytes: 2 ** 52 + 4096, maxPayloadBytes: 0xffff_ffff },
+  { kind: 'uuids', current: 0xffff_ffff_ffff_ffffn, bitmap: 1n, history: [0x1234_5678_9abc_def0n, 0n], flags: UUID_FLAGS.CONSISTENT | UUID_FLAGS.CRASHED_PRIMARY, dirtyBlocks: 2 ** 40 + 7 },
+  { kind: 'state', role: 'Primary', disk: 'UpToDate' },
+  { kind: 'bitmap', last: true, startBit: 2 ** 35, payload: bytes(9, 3) },
+  { kind: 'decision', strategy: 'target-use-bitmap', rule: 'bitmap-peer' },
+  { kind: 'data', seq: 2 ** 53 - 1, epoch: 0xffff_ffff, offset: 2 ** 41 + 512, flags: WRITE_FLAGS.FUA | WRITE_FLAGS.SEND_WRITE_ACK, payload: bytes(100, 4) },
+  { kind: 'zeroes', seq: 5, epoch: 2, offset: 4096, length: 0xffff_f000, flags: WRITE_FLAGS.NO_HOLE },
+  { kind: 'trim', seq: 6, epoch: 2, offset: 8192, length: 65536, flags: WRITE_FLAGS.SEND_RECV_ACK },
+  { kind: 'recv-ack', seq: 5 },
+  { kind: 'write-ack', seq: 2 ** 33 },
+  { kind: 'neg-ack', seq: 7, errno: 5 },
+  { kind: 'barrier', epoch: 2 },
+  { kind: 'barrier-ack', epoch: 2, writes: 3 },
+  { kind: 'flush', id: 9 },
+  { kind: 'flush-ack', id: 9 },
+  { kind: 'out-of-sync', offset: 12288, length: 4096 },
+  { kind: 'rs-data-request', id: 10, offset: 2 ** 40, length: 131072 },
+  { kind: 'rs-data-reply', id: 10, offset: 2 ** 40, payload: bytes(64, 5) },
+  { kind: 'csum-rs-request', id: 11, offset: 0, length: 4096, digest: bytes(32, 6) },
+  { kind: 'rs-is-in-sync', id: 11, offset: 0, length: 4096 },
+  { kind: 'rs-write-ack', id: 10 },
+  { kind: 'neg-rs-reply', id: 12, errno: 61 },
+  { kind: 'ov-request', id: 13, offset: 4096, length: 4096 },
+  { kind: 'ov-reply', id: 13, offset: 4096, length: 4096, digest: bytes(4, 7) },
+  { kind: 'sync-pause' },
+  { kind: 'sync-resume' },
+  { kind: 'sync-done' },
+  { kind: 'data-request', id: 14, offset: 512, length: 1024 },
+  { kind: 'data-reply', id: 14, offset: 512, payload: bytes(3, 8) },
+  { kind: 'neg-data-reply', id: 15, errno: 5 },
+  { kind: 'ping' },
+  { kind: 'ping-ack' },
+  { kind: 'disconnect', reason: 'shutting down — bye' },
+];
+
+/** Empty payloads and digests are legal too. */
+const EDGE_SAMPLES: Packet[] = [
+  { kind: 'data', seq: 0, epoch: 0, offset: 0, flags: 0, payload: Buffer.alloc(0) },
+  { kind: 'bitmap', last: false, startBit: 0, payload: Buffer.alloc(0) },
+  { kind: 'csum-rs-request', id: 0, offset: 0, length: 0, digest: Buffer.alloc(0) },
+  { kind: 'ov-reply', id: 0, offset: 0, length: 0, digest: bytes(64, 9) },
+  { kind: 'hello', protocolMin: 0, protocolMax: 0, features: 0, sessionId: 0n, nodeId: 0, channel: 'data', resource: 'x'.repeat(255) },
+  { kind: 'disconnect', reason: '' },
+  { kind: 'params', protocol: 'C', flags: 0, csumsAlg: 'a'.repeat(63), verifyAlg: 'b'.repeat(63) },
+];
+
+const ALL = [...SAMPLES, ...EDGE_SAMPLES];
+
+interface Outcome {
+  packets: Packet[];
+  violation: string | null;
+  maxAllocated: number;
+}
+
+const CODEC: PacketDecoderOptions = { channel: 'any', phase: 'unchecked' };
+
+function decodeAll(pieces: Buffer[], options: Partial<PacketDecoderOptions> = {}): Outcome {
+  let maxAllocated = 0;
+  const d = new PacketDecoder({
+    ...CODEC,
+    ...options,
+    allocate: (n) => {
+      maxAllocated = Math.max(maxAllocated, n);
+      return Buffer.allocUnsafe(n);
+    },
+  });
+  const packets: Packet[] = [];
+  for (const piece of pieces) {
+    d.push(piece);
+    // Payload views may point into reused chunks in a real link; copy for comparison.
+    for (let p = d.next(); p !== null; p = d.next()) packets.push(snapshot(p));
+  }
+  return { packets, violation: d.violation, maxAllocated };
+}
+
+/** A copy whose Buffers own their bytes (a decoded payload may be a view of an input chunk). */
+function snapshot(p: Packet): Packet {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(p)) out[k] = Buffer.isBuffer(v) ? Buffer.from(v) : Array.isArray(v) ? [...v] : v;
+  return out as unknown as Packet;
+}
+
+function wire(packets: Packet[], integrity = false): Buffer {
+  return Buffer.concat(packets.flatMap((p) => encodePacket(p, { integrity })));
+}
+
+/** Deep equality that treats Buffers (and their clones) by content. */
+function normalise(packets: Packet[]): unknown {
+  return packets.map((p) => Object.fromEntries(Object.entries(p).map(([k, v]) => [k, Buffer.isBuffer(v) ? `hex:${v.toString('hex')}` : v])));
+}
+
+describe('peer packet codec: round trips', () => {
+  it('has one sample of every packet kind', () => {
+    expect(new Set(SAMPLES.map((p) => p.kind))).toEqual(new Set(PACKET_SPECS.map((s) => s.kind)));
+    expect(new Set(PACKET_SPECS.map((s) => s.code)).size).toBe(PACKET_SPECS.length);
+  });
+
+  for (const p of ALL) {
+    it(`round-trips ${p.kind}${EDGE_SAMPLES.includes(p) ? ' (edge values)' : ''}`, () => {
+      const parts = encodePacket(p);
+      const flat = Buffer.concat(parts);
+      expect(flat.length).toBe(encodedLength(p));
+      expect(flat.readUInt32BE(0)).toBe(WIRE_MAGIC);
+      expect(flat.readUInt32BE(8)).toBe(flat.length - HEADER_SIZE);
+      const out = decodeAll([flat]);
+      expect(out.violation).toBeNull();
+      expect(normalise(out.packets)).toEqual(normalise([p]));
+      // encodeInto writes the same bytes at any offset.
+      const target = Buffer.alloc(flat.length + 7, 0xee);
+      expect(encodeInto(p, target, 3)).toBe(flat.length);
+      expect(target.subarray(3, 3 + flat.length)).toEqual(flat);
+    });
+  }
+
+  it('hands the payload out as separate views: header never copies it', () => {
+    const payload = bytes(4096, 1);
+    const p: Packet = { kind: 'data', seq: 1, epoch: 1, offset: 0, flags: 0, payload };
+    const parts = encodePacket(p);
+    expect(parts).toHaveLength(2);
+    expect(parts[1]).toBe(payload);
+    const withDigest = encodePacket(p, { integrity: true });
+    expect(withDigest).toHaveLength(3);
+    expect(withDigest[1]).toBe(payload);
+    // The digest lives in the header's allocation (one allocation per packet).
+    expect(withDigest[2]!.buffer).toBe(withDigest[0]!.buffer);
+    expect(Buffer.concat(withDigest).readUInt16BE(6)).toBe(HEADER_FLAG_DIGEST);
+  });
+
+  it('decodes a payload inside one chunk as a view of that chunk', () => {
+    const chunk = wire([SAMPLES.find((p) => p.kind === 'data')!]);
+    const d = new PacketDecoder(CODEC);
+    d.push(chunk);
+    const p = d.next();
+    expect(p?.kind).toBe('data');
+    expect(p!.kind === 'data' && p.payload.buffer === chunk.buffer).toBe(true);
+  });
+
+  it('refuses to encode out-of-range fields (a caller bug), with a RangeError', () => {
+    expect(() => encodePacket({ kind: 'recv-ack', seq: 2 ** 53 })).toThrow(RangeError);
+    expect(() => encodePacket({ kind: 'recv-ack', seq: -1 })).toThrow(RangeError);
+    expect(() => encodePacket({ kind: 'barrier', epoch: 2 ** 32 })).toThrow(RangeError);
+    expect(() => encodePacket({ kind: 'auth-challenge', challenge: Buffer.alloc(31) })).toThrow(RangeError);
+    expect(() => encodePacket({ kind: 'disconnect', reason: 'é'.repeat(128) })).toThrow(RangeError);
+    expect(() => encodePacket({ ...(SAMPLES[0] as Extract<Packet, { kind: 'hello' }>), nodeId: 32 })).toThrow(RangeError);
+    expect(() => encodePacket({ kind: 'data', seq: 1, epoch: 1, offset: 0, flags: 0x100, payload: Buffer.alloc(1) })).toThrow(RangeError);
+    expect(() => encodePacket({ kind: 'ov-reply', id: 1, offset: 0, length: 1, digest: Buffer.alloc(65) })).toThrow(RangeError);
+    expect(() => encodeInto({ kind: 'ping' }, Buffer.alloc(11), 0)).toThrow(RangeError);
+  });
+});
+
+describe('peer packet codec: TCP may cut anywhere', () => {
+  for (const integrity of [false, true]) {
+    const stream = wire(ALL, integrity);
+    const whole = decodeAll([stream], { integrity });
+
+    it(`decodes the stream of every packet kind whole${integrity ? ' (with digests)' : ''}`, () => {
+      expect(whole.violation).toBeNull();
+      expect(normalise(whole.packets)).toEqual(normalise(ALL));
+    });
+
+    it(`gives the same packets at every split point${integrity ? ' (with digests)' : ''}`, () => {
+      for (let i = 0; i <= stream.length; i++) {
+        const out = decodeAll([stream.subarray(0, i), stream.subarray(i)], { integrity });
+        expect(out.violation).toBeNull();
+        expect(out.packets).toEqual(whole.packets);
+      }
+    });
+
+    it(`gives the same packets byte by byte${integrity ? ' (with digests)' : ''}`, () => {
+      const pieces: Buffer[] = [];
+      for (let i = 0; i < stream.length; i++) pieces.push(stream.subarray(i, i + 1));
+      const out = decodeAll(pieces, { integrity });
+      expect(out.violation).toBeNull();
+      expect(out.packets).toEqual(whole.packets);
+    });
+  }
+
+  it('every packet alone, at every split point and byte by byte', () => {
+    for (const p of ALL) {
+      const flat = wire([p], true);
+      const expected = normalise([p]);
+      for (let i = 0; i <= flat.length; i++) {
+        const out = decodeAll([flat.subarray(0, i), flat.subarray(i)], { integrity: true });
+        expect(out.violation, `${p.kind} split at ${i}`).toBeNull();
+        expect(normalise(out.packets), `${p.kind} split at ${i}`).toEqual(expected);
+      }
+      const pieces = [...flat].map((_, i) => flat.subarray(i, i + 1));
+      expect(normalise(decodeAll(pieces, { integrity: true }).packets)).toEqual(expected);
+    }
+  });
+});
+
+/** A header for `kind` with any length and flags. */
+function header(code: number, length: number, flags = 0, magic = WIRE_MAGIC): Buffer {
+  const h = Buffer.alloc(HEADER_SIZE);
+  h.writeUInt32BE(magic, 0);
+  h.writeUInt16BE(code, 4);
+  h.writeUInt16BE(flags, 6);
+  h.writeUInt32BE(length, 8);
+  return h;
+}
+
+function violationOf(input: Buffer, options: Partial<PacketDecoderOptions> = {}): string | null {
+  const out = decodeAll([input], options);
+  return out.violation;
+}
+
+describe('peer packet codec: violations, never throws', () => {
+  it('bad magic', () => {
+    expect(violationOf(header(PacketType.PING, 0, 0, 0x16030100))).toBe('bad magic 0x16030100');
+  });
+
+  it('an impossible length is refused from the header alone, before any buffering', () => {
+    let allocated = 0;
+    const d = new PacketDecoder({ ...CODEC, maxLength: 1 << 20, allocate: (n) => ((allocated += n), Buffer.alloc(n)) });
+    d.push(header(PacketType.DATA, (1 << 20) + 1));
+    expect(d.next()).toBeNull();
+    expect(d.violation).toBe(`data length ${(1 << 20) + 1} is beyond the limit of ${1 << 20}`);
+    d.push(Buffer.alloc(4096));
+    expect(d.next()).toBeNull();
+    expect(d.buffered()).toBe(0);
+    expect(allocated).toBe(0);
+    expect(violationOf(header(PacketType.DATA, 0xffff_ffff))).toMatch(`beyond the limit of ${DEFAULT_MAX_PACKET_LENGTH}`);
+  });
+
+  it('setMaxLength tightens the limit between packets', () => {
+    const d = new PacketDecoder(CODEC);
+    d.push(wire([SAMPLES.find((p) => p.kind === 'data')!]));
+    expect(d.next()?.kind).toBe('data');
+    d.setMaxLength(24 + 64);
+    d.push(wire([{ kind: 'data', seq: 1, epoch: 1, offset: 0, flags: 0, payload: bytes(65, 1) }]));
+    expect(d.next()).toBeNull();
+    expect(d.violation).toBe('data length 89 is beyond the limit of 88');
+  });
+
+  it('a length shorter than the fixed part, or not the exact size, is refused', () => {
+    expect(violationOf(header(PacketType.DATA, 23))).toBe('data length 23 is shorter than its fixed part of 24 bytes');
+    expect(violationOf(header(PacketType.UUIDS, 43))).toBe('uuids length 43 is shorter than its fixed part of 44 bytes');
+    expect(violationOf(header(PacketType.UUIDS, 45))).toBe('uuids length 45, expected 44');
+    expect(violationOf(header(PacketType.PING, 1))).toBe('ping length 1, expected 0');
+    expect(violationOf(header(PacketType.HELLO, 500))).toBe('hello length 500 is beyond its maximum of 274');
+    expect(violationOf(header(PacketType.DATA, 24, HEADER_FLAG_DIGEST), { integrity: true })).toBe('data length 24 is shorter than its fixed part of 28 bytes');
+  });
+
+  it('truncated variable fields are refused', () => {
+    // HELLO whose name length says 10 but the body has 3 name bytes.
+    const hello = Buffer.concat(encodePacket({ kind: 'hello', protocolMin: 1, protocolMax: 1, features: 0, sessionId: 1n, nodeId: 1, channel: 'data', resource: 'abc' }));
+    hello[HEADER_SIZE + 18] = 10;
+    expect(violationOf(hello)).toBe('hello resource name length 10 does not fill the body of 22 bytes');
+    const disc = Buffer.concat(encodePacket({ kind: 'disconnect', reason: 'ab' }));
+    disc[HEADER_SIZE] = 1;
+    expect(violationOf(disc)).toMatch(/disconnect reason length 1 does not fill/);
+    const ov = Buffer.concat(encodePacket({ kind: 'ov-reply', id: 1, offset: 0, length: 1, digest: bytes(4, 1) }));
+    ov[HEADER_SIZE + 20] = 5;
+    expect(violationOf(ov)).toMatch(/ov-reply digest length 5 does not fill/);
+    const params = Buffer.concat(encodePacket({ kind: 'params', protocol: 'C', flags: 0, csumsAlg: 'md5', verifyAlg: '' }));
+    params[HEADER_SIZE + 8] = 200;
+    expect(violationOf(params)).toMatch(/params csums-alg length 200/);
+  });
+
+  it('unknown type, unknown flags and bad field values are refused with their names', () => {
+    expect(violationOf(header(0x7777, 0))).toBe('unknown packet type 0x7777');
+    expect(violationOf(header(PacketType.PING, 0, 0x8000))).toBe('ping has unknown header flags 0x8000');
+    const state = Buffer.concat(encodePacket({ kind: 'state', role: 'Primary', disk: 'Failed' }));
+    state[HEADER_SIZE + 1] = 7;
+    expect(violationOf(state)).toBe('state disk 7 is unknown');
+    const ack = Buffer.concat(encodePacket({ kind: 'write-ack', seq: 1 }));
+    ack.writeUInt32BE(0x0020_0000, HEADER_SIZE);
+    expect(violationOf(ack)).toBe('write-ack seq is beyond 2^53');
+    const hello = Buffer.concat(encodePacket(SAMPLES[0]!));
+    hello[HEADER_SIZE + 17] = 2;
+    expect(violationOf(hello)).toBe('hello channel 2 is neither data (0) nor meta (1)');
+    const name = Buffer.concat(encodePacket({ kind: 'disconnect', reason: 'ab' }));
+    name[HEADER_SIZE + 1] = 0xff;
+    expect(violationOf(name)).toBe('disconnect reason is not UTF-8');
+    const uuids = Buffer.concat(encodePacket(SAMPLES.find((p) => p.kind === 'uuids')!));
+    uuids.writeUInt32BE(0x100, HEADER_SIZE + 32);
+    expect(violationOf(uuids)).toBe('uuids has unknown flags 0x100');
+    const decision = Buffer.concat(encodePacket({ kind: 'decision', strategy: 'no-sync', rule: 'equal' }));
+    decision[HEADER_SIZE] = 200;
+    expect(violationOf(decision)).toBe('decision strategy 200 is unknown');
+  });
+
+  it('nothing after a violation is decoded, and later pushes are dropped', () => {
+    const d = new PacketDecoder(CODEC);
+    d.push(Buffer.concat([...encodePacket({ kind: 'ping' }), header(0x7777, 0), ...encodePacket({ kind: 'ping-ack' })]));
+    expect(d.next()).toEqual({ kind: 'ping' });
+    expect(d.next()).toBeNull();
+    expect(d.violation).toBe('unknown packet type 0x7777');
+    d.push(Buffer.concat(encodePacket({ kind: 'ping' })));
+    expect(d.next()).toBeNull();
+    expect(d.buffered()).toBe(0);
+  });
+});
+
+describe('peer packet codec: integrity digest', () => {
+  const data: Packet = { kind: 'data', seq: 1, epoch: 1, offset: 4096, flags: 0, payload: bytes(4096, 2) };
+
+  it('a flipped payload byte is detected, at any split', () => {
+    const flat = wire([data], true);
+    for (const at of [HEADER_SIZE + 24, HEADER_SIZE + 24 + 2048, flat.length - 5]) {
+      const bad = Buffer.from(flat);
+      bad[at]! ^= 0x01;
+      expect(violationOf(bad, { integrity: true })).toMatch(/^data failed its integrity digest/);
+      const split = decodeAll([bad.subarray(0, 100), bad.subarray(100)], { integrity: true });
+      expect(split.violation).toMatch(/integrity digest/);
+      expect(split.packets).toEqual([]);
+    }
+  });
+
+  it('a flipped offset bit is detected too (the digest covers the fixed fields)', () => {
+    const bad = wire([data], true);
+    bad[HEADER_SIZE + 16 + 7]! ^= 0x10;
+    expect(violationOf(bad, { integrity: true })).toMatch(/integrity digest/);
+  });
+
+  it('the digest flag must match what was agreed, and only block-data packets carry it', () => {
+    expect(violationOf(wire([data], false), { integrity: true })).toBe('data lacks the integrity digest that was agreed');
+    expect(violationOf(wire([data], true), { integrity: false })).toBe('data carries a digest but integrity-crc32c was not agreed');
+    expect(violationOf(header(PacketType.PING, 4, HEADER_FLAG_DIGEST), { integrity: true })).toBe('ping has the digest flag but carries no block data');
+    // Non-data packets are unaffected by integrity.
+    expect(decodeAll([wire([{ kind: 'ping' }, { kind: 'bitmap', last: true, startBit: 0, payload: bytes(5, 1) }], true)], { integrity: true }).violation).toBeNull();
+  });
+
+  it('setIntegrity switches the requirement between packets', () => {
+    const d = new PacketDecoder(CODEC);
+    d.push(wire([data], false));
+    expect(d.next()?.kind).toBe('data');
+    d.setIntegrity(true);
+    d.push(wire([data], true));
+    expect(d.next()?.kind).toBe('data');
+    expect(d.violation).toBeNull();
+  });
+});
+
+describe('peer packet codec: who may send what, when', () => {
+  const hello = (channel: 'data' | 'meta'): Packet => ({ kind: 'hello', protocolMin: 1, protocolMax: 1, features: 0, sessionId: 7n, nodeId: 1, channel, resource: 'r0' });
+  const opening = (channel: 'data' | 'meta'): Packet[] => [hello(channel), { kind: 'auth-challenge', challenge: bytes(32, 1) }, { kind: 'auth-response', response: bytes(32, 2) }, { kind: 'auth-ok' }];
+
+  it('accepts the opening in order, then the packets of its connection', () => {
+    const d = decodeAll([wire([...opening('data'), SAMPLES[4]!, SAMPLES[10]!])], { channel: 'data', phase: 'hello' });
+    expect(d.violation).toBeNull();
+    expect(d.packets.map((p) => p.kind)).toEqual(['hello', 'auth-challenge', 'auth-response', 'auth-ok', 'params', 'data']);
+    const m = decodeAll([wire([...opening('meta'), { kind: 'ping' }, { kind: 'write-ack', seq: 1 }])], { channel: 'meta', phase: 'hello' });
+    expect(m.violation).toBeNull();
+  });
+
+  it('nothing but the opening before AUTH_OK: a violation decided at the header, before the body is buffered', () => {
+    let allocated = 0;
+    const d = new PacketDecoder({ channel: 'data', allocate: (n) => ((allocated += n), Buffer.alloc(n)) });
+    d.push(wire([hello('data'), { kind: 'auth-challenge', challenge: bytes(32, 1) }]));
+    d.push(header(PacketType.DATA, 1 << 20));
+    const got: string[] = [];
+    for (let p = d.next(); p !== null; p = d.next()) got.push(p.kind);
+    expect(got).toEqual(['hello', 'auth-challenge']);
+    expect(d.violation).toBe('data before authentication completed (expected auth-response)');
+    expect(allocated).toBe(0);
+    expect(violationOf(wire([{ kind: 'ping' }]), { channel: 'meta', phase: 'hello' })).toBe('ping before authentication completed (expected hello)');
+    expect(violationOf(wire([hello('data'), { kind: 'auth-ok' }]), { channel: 'data', phase: 'hello' })).toBe('auth-ok before authentication completed (expected auth-challenge)');
+  });
+
+  it('packets on the wrong connection and handshake packets after AUTH_OK are violations', () => {
+    expect(violationOf(wire([...opening('data'), { kind: 'ping' }]), { channel: 'data', phase: 'hello' })).toBe('ping belongs on the meta connection, not the data connection');
+    expect(violationOf(wire([...opening('meta'), SAMPLES[10]!]), { channel: 'meta', phase: 'hello' })).toBe('data belongs on the data connection, not the meta connection');
+    expect(violationOf(wire([...opening('data'), hello('data')]), { channel: 'data', phase: 'hello' })).toBe('hello after authentication completed');
+    expect(violationOf(wire([hello('meta')]), { channel: 'data', phase: 'hello' })).toBe('hello for the meta connection arrived on the data connection');
+  });
+
+  it('an accepted connection learns its channel from HELLO', () => {
+    const d = new PacketDecoder({ channel: 'from-hello' });
+    expect(d.channel).toBeNull();
+    d.push(wire([...opening('meta'), { kind: 'ping' }, SAMPLES[10]!]));
+    const kinds: string[] = [];
+    for (let p = d.next(); p !== null; p = d.next()) kinds.push(p.kind);
+    expect(d.channel).toBe('meta');
+    expect(kinds).toEqual(['hello', 'auth-challenge', 'auth-response', 'auth-ok', 'ping']);
+    expect(d.violation).toBe('data belongs on the data connection, not the meta connection');
+  });
+
+  it('DISCONNECT is accepted at any point and nothing may follow it', () => {
+    const early = decodeAll([wire([hello('data'), { kind: 'disconnect', reason: 'authentication failed' }])], { channel: 'data', phase: 'hello' });
+    expect(early.violation).toBeNull();
+    expect(early.packets.at(-1)).toEqual({ kind: 'disconnect', reason: 'authentication failed' });
+    expect(violationOf(wire([{ kind: 'disconnect', reason: '' }, { kind: 'ping' }]), { phase: 'established' })).toBe('ping after DISCONNECT');
+  });
+});
+
+/** mulberry32: a small deterministic PRNG, so a failing fuzz input can be replayed. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+describe('peer packet codec: fuzz', () => {
+  it('never throws, never allocates beyond the limit, and splitting never changes the verdict', () => {
+    const rnd = prng(0x3eed);
+    const int = (n: number) => Math.floor(rnd() * n);
+    const LIMIT = 4096;
+    const plain = wire(ALL, false);
+    const digested = wire(ALL, true);
+    // A real opening followed by everything: exercises the gate (which refuses the meta packets).
+    const opening: Packet[] = [
+      { kind: 'hello', protocolMin: 1, protocolMax: 1, features: 0, sessionId: 7n, nodeId: 1, channel: 'data', resource: 'r0' },
+      { kind: 'auth-challenge', challenge: bytes(32, 1) },
+      { kind: 'auth-response', response: bytes(32, 2) },
+      { kind: 'auth-ok' },
+    ];
+    const gated = wire([...opening, ...ALL], false);
+    const codes = PACKET_SPECS.map((s) => s.code);
+    const INPUTS = 20_000;
+    let violations = 0;
+    let decoded = 0;
+    const seen = new Set<PacketKind>();
+    for (let i = 0; i < INPUTS; i++) {
+      const integrity = i % 3 === 1;
+      const withGate = i % 3 === 2;
+      const seed = integrity ? digested : withGate ? gated : plain;
+      let input: Buffer;
+      const kind = int(5);
+      if (kind === 0) {
+        // Noise behind a plausible header: right magic, a real type, a random length.
+        input = Buffer.alloc(HEADER_SIZE + int(300));
+        for (let j = 0; j < input.length; j++) input[j] = int(256);
+        header(codes[int(codes.length)]!, rnd() < 0.5 ? int(400) : int(2 ** 32), rnd() < 0.8 ? 0 : HEADER_FLAG_DIGEST).copy(input);
+      } else {
+        // A slice of the valid stream with a few flipped bytes.
+        const start = kind === 4 ? int(seed.length) : 0;
+        input = Buffer.from(seed.subarray(start, start + int(seed.length - start + 1)));
+        const flips = 1 + int(4);
+        for (let f = 0; f < flips && input.length > 0; f++) {
+          const at = int(input.length);
+          input[at] = rnd() < 0.5 ? int(256) : input[at]! ^ (1 << int(8));
+        }
+      }
+      const options: Partial<PacketDecoderOptions> = withGate
+        ? { integrity, maxLength: LIMIT, channel: 'from-hello', phase: 'hello' }
+        : { integrity, maxLength: LIMIT };
+      const whole = decodeAll([input], options);
+      const pieces: Buffer[] = [];
+      for (let at = 0; at < input.length; ) {
+        const n = 1 + int(64);
+        pieces.push(input.subarray(at, at + n));
+        at += n;
+      }
+      const split = decodeAll(pieces, options);
+      expect(normalise(split.packets)).toEqual(normalise(whole.packets));
+      expect(split.violation).toBe(whole.violation);
+      expect(split.maxAllocated).toBeLessThanOrEqual(LIMIT);
+      expect(whole.maxAllocated).toBeLessThanOrEqual(LIMIT);
+      if (whole.violation !== null) violations++;
+      decoded += whole.packets.length;
+      if (!withGate) for (const p of whole.packets) seen.add(p.kind);
+    }
+    console.log(`peer packet decoder fuzz: ${INPUTS} inputs, ${decoded} packets decoded, ${violations} violations, 0 throws`);
+    expect(violations).toBeGreaterThan(INPUTS / 2);
+    expect(seen.size).toBe(PACKET_SPECS.length);
+  });
+});
