@@ -10,7 +10,7 @@ import { findResource, formatConfig, loadConfig, localNode } from '../config/ind
 import type { Config } from '../config/model.js';
 import { DEFAULT_CONFIG_FILE } from '../config/model.js';
 import { MirrorError } from '../errors.js';
-import { daemonPaths } from '../daemon/run-dir.js';
+import { daemonPaths, resolveRunDir } from '../daemon/run-dir.js';
 import { createMd, formatMd, openMd } from '../meta/index.js';
 import type { ResourceStatus } from '../resource/status.js';
 import { callDaemon, daemonAnswers, type ControlCall } from './control-client.js';
@@ -35,10 +35,11 @@ export function buildProgram(): Command {
     .configureOutput({ outputError: (s, write) => write(`mirrorbd: ${s.replace(/^error: /, '')}`) });
 
   const globals = (): GlobalOpts => program.opts<GlobalOpts>();
-  const ctx = async (): Promise<{ config: Config; socket: string; g: GlobalOpts }> => {
+  const ctx = async (): Promise<{ config: Config; runDir: string; socket: string; g: GlobalOpts }> => {
     const g = globals();
     const config = await loadConfig(path.resolve(g.config));
-    return { config, socket: daemonPaths(config.global.runDir, g.node).socket, g };
+    const runDir = resolveRunDir(config.global.runDir, g.node);
+    return { config, runDir, socket: daemonPaths(runDir, g.node).socket, g };
   };
   const call = async (c: ControlCall): Promise<unknown> => callDaemon((await ctx()).socket, c);
 
@@ -73,9 +74,9 @@ export function buildProgram(): Command {
     .argument('<resource>')
     .description('attach the disk and open the NBD listener (starts the daemon if needed)')
     .action(async (name: string) => {
-      const { config, g } = await ctx();
+      const { config, runDir, g } = await ctx();
       localNode(findResource(config, name), g.node); // fail here, before starting anything
-      const socket = await ensureDaemon({ configFile: path.resolve(g.config), node: g.node, runDir: config.global.runDir });
+      const socket = await ensureDaemon({ configFile: path.resolve(g.config), node: g.node, runDir });
       await callDaemon(socket, { cmd: 'up', resource: name, configFile: path.resolve(g.config) });
     });
 
@@ -163,8 +164,8 @@ export function buildProgram(): Command {
     .option('--exit-when-idle', 'exit when the last resource goes down')
     .description('run the node daemon in the foreground (for systemd)')
     .action(async (o: { exitWhenIdle?: boolean }) => {
-      const { config, g } = await ctx();
-      await runDaemon({ config, node: g.node, exitWhenIdle: o.exitWhenIdle === true });
+      const { config, runDir, g } = await ctx();
+      await runDaemon({ config, runDir, node: g.node, exitWhenIdle: o.exitWhenIdle === true });
     });
 
   return program;

@@ -6,9 +6,9 @@ import type { Config } from '../config/model.js';
 import { Daemon } from '../daemon/daemon.js';
 import { createLogger } from '../daemon/logger.js';
 
-export async function runDaemon(opts: { config: Config; node: string; exitWhenIdle: boolean }): Promise<void> {
+export async function runDaemon(opts: { config: Config; runDir: string; node: string; exitWhenIdle: boolean }): Promise<void> {
   const log = createLogger(opts.node, opts.config.global.logLevel);
-  const daemon = new Daemon({ node: opts.node, runDir: opts.config.global.runDir, log, exitWhenIdle: opts.exitWhenIdle });
+  const daemon = new Daemon({ node: opts.node, runDir: opts.runDir, log, exitWhenIdle: opts.exitWhenIdle });
   const stopped = new Promise<void>((resolve) => daemon.onStopped(resolve));
   await daemon.start();
   const onSignal = (signal: string) => (): void => {

@@ -24,6 +24,8 @@ export interface NetOptions {
   timeoutMs: number;
   koCount: number;
   sharedSecret: string | null;
+  /** Per-packet checksum of replicated data ('crc32c'), checked by the receiver; 'none' by default. */
+  dataIntegrityAlg: 'none' | 'crc32c';
   /** HMAC used for the peer challenge when a shared secret is set. */
   cramHmacAlg: CramHmacAlg;
 }

@@ -12,6 +12,14 @@ export interface DaemonPaths {
   log: string;
 }
 
+/**
+ * The run dir of `node`: `run-dir` with every `%n` replaced by the node
+ * name, so several nodes can share one config on one machine (tests, demos).
+ */
+export function resolveRunDir(template: string, node: string): string {
+  return template.replaceAll('%n', node);
+}
+
 export function daemonPaths(runDir: string, node: string): DaemonPaths {
   return {
     pid: path.join(runDir, `${node}.pid`),

@@ -10,7 +10,14 @@ import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { sizeOf } from '../../native-free-io/device-size.js';
 import { MirrorError, describeError, isMirrorError } from '../errors.js';
+import { ActivityLog } from './activity-log.js';
+import { metaAlJournal, recoverActivityLog } from './al-journal.js';
+import type { AlRecovery } from './al-replay.js';
+import { checkAlFits } from './al-transaction.js';
+import type { Bitmap } from './bitmap.js';
+import { BitmapStore } from './bitmap-store.js';
 import { SUPERBLOCK_BYTES, alignDown, computeLayout, type MdLayout } from './layout.js';
+import { fileMetaIo, type MetaIo } from './meta-io.js';
 import { decodeSuperblock, encodeSuperblock, freshSuperblock, layoutOf, type Superblock } from './superblock.js';
 
 /** DRBD's default; a later `adjust` rewrites it from the config. */
@@ -45,6 +52,22 @@ export interface MetaHandle {
   readonly metaPath: string;
   /** Writes `next` with generation = current + 1, then fdatasync. */
   save(next: Superblock): Promise<void>;
+  /** The bitmap stored in peer slot `slot` (0..maxPeers-1), as bitmap-store.ts reads it. */
+  loadBitmap(slot: number): Promise<Bitmap>;
+  /**
+   * Writes the pages of `bitmap` changed since its last save to slot `slot`
+   * (with `range`, only those holding that data range's bits), then
+   * fdatasync. Resolves to the number of 4 KiB pages written.
+   */
+  saveBitmap(slot: number, bitmap: Bitmap, range?: { offset: number; length: number }): Promise<number>;
+  /** Reads the activity log ring and replays it (reads only; see al-replay.ts). */
+  recoverActivityLog(): Promise<AlRecovery>;
+  /**
+   * The activity log on this metadata, continuing the ring after
+   * `recovered` (from recoverActivityLog, once its extents are marked and
+   * saved in the bitmaps). Its slot count is the superblock's al-extents.
+   */
+  openActivityLog(opts: { recovered: AlRecovery; beforeEvict?: (extent: number) => Promise<void> | void }): ActivityLog;
   close(): Promise<void>;
 }
 
@@ -177,6 +200,7 @@ export async function createMd(opts: CreateMdOptions): Promise<{ superblock: Sup
     let layout: MdLayout;
     try {
       layout = computeLayout({ deviceSizeBytes: diskSize, metaDeviceSizeBytes: internal ? undefined : metaSize, internal, maxPeers: opts.maxPeers });
+      checkAlFits(opts.alExtents ?? DEFAULT_AL_EXTENTS, layout.alSizeBytes);
     } catch (e) {
       throw onDevice(e, internal ? opts.diskPath : `${opts.diskPath} with meta device ${metaPath}`);
     }
@@ -246,6 +270,14 @@ export async function openMd(opts: OpenMdOptions): Promise<MetaHandle> {
         offset,
       });
     }
+    if (opts.readOnly !== true) {
+      // dump-md may still look at it; attaching needs an activity log that works.
+      try {
+        checkAlFits(superblock.alExtents, superblock.alSizeBytes);
+      } catch (e) {
+        throw onDevice(e, metaPath);
+      }
+    }
     if (diskSize < superblock.dataSizeBytes) {
       throw new MirrorError('ERR_MD_CORRUPT', `${opts.diskPath}: the disk has ${diskSize} bytes, less than the ${superblock.dataSizeBytes} bytes of data the metadata records`, {
         path: opts.diskPath,
@@ -266,6 +298,9 @@ class OpenMeta implements MetaHandle {
   #closed = false;
   /** Saves run one after another; each waits for the previous write and sync. */
   #queue: Promise<void> = Promise.resolve();
+  /** I/O on the metadata device for bitmaps and the activity log; refuses writes when closed or read-only. */
+  readonly #io: MetaIo;
+  readonly #bitmaps: BitmapStore;
 
   constructor(
     private readonly devices: Devices,
@@ -275,6 +310,54 @@ class OpenMeta implements MetaHandle {
     this.#superblock = superblock;
     this.layout = layoutOf(superblock);
     this.metaPath = devices.metaPath;
+    const raw = fileMetaIo(devices.meta, devices.metaPath);
+    this.#io = {
+      read: async (offset, length) => {
+        this.#checkOpen();
+        return raw.read(offset, length);
+      },
+      write: async (offset, data) => {
+        this.#checkWritable();
+        return raw.write(offset, data);
+      },
+      sync: async () => {
+        this.#checkWritable();
+        return raw.sync();
+      },
+    };
+    this.#bitmaps = new BitmapStore(this.#io, this.layout, superblock.maxPeers);
+  }
+
+  loadBitmap(slot: number): Promise<Bitmap> {
+    return this.#bitmaps.load(slot);
+  }
+
+  saveBitmap(slot: number, bitmap: Bitmap, range?: { offset: number; length: number }): Promise<number> {
+    return this.#bitmaps.save(slot, bitmap, range);
+  }
+
+  recoverActivityLog(): Promise<AlRecovery> {
+    return recoverActivityLog(this.#io, this.layout);
+  }
+
+  openActivityLog(opts: { recovered: AlRecovery; beforeEvict?: (extent: number) => Promise<void> | void }): ActivityLog {
+    this.#checkWritable();
+    return new ActivityLog({
+      journal: metaAlJournal(this.#io, this.layout),
+      alExtents: this.#superblock.alExtents,
+      dataSizeBytes: this.layout.dataSizeBytes,
+      nextNumber: opts.recovered.nextNumber,
+      beforeEvict: opts.beforeEvict,
+    });
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) throw new MirrorError('ERR_INTERNAL', `${this.metaPath}: metadata handle is closed`);
+  }
+
+  #checkWritable(): void {
+    this.#checkOpen();
+    if (this.readOnly) throw new MirrorError('ERR_INTERNAL', `${this.metaPath}: metadata was opened read-only`);
   }
 
   get superblock(): Superblock {
