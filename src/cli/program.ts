@@ -107,6 +107,22 @@ export function buildProgram(): Command {
     });
 
   program
+    .command('connect')
+    .argument('<resource>')
+    .description('connect to the peers (after disconnect, or from StandAlone)')
+    .action(async (name: string) => {
+      await call({ cmd: 'connect', resource: name });
+    });
+
+  program
+    .command('disconnect')
+    .argument('<resource>')
+    .description('drop the connections to the peers and stay StandAlone')
+    .action(async (name: string) => {
+      await call({ cmd: 'disconnect', resource: name });
+    });
+
+  program
     .command('status')
     .argument('[resource]')
     .option('--json', 'print JSON (docs/status.md)')

@@ -19,6 +19,8 @@ export type ControlRequest =
   | { id: number; cmd: 'down'; resource: string }
   | { id: number; cmd: 'primary'; resource: string; force: boolean }
   | { id: number; cmd: 'secondary'; resource: string; force: boolean }
+  | { id: number; cmd: 'connect'; resource: string }
+  | { id: number; cmd: 'disconnect'; resource: string }
   | { id: number; cmd: 'status'; resource: string | null }
   | { id: number; cmd: 'shutdown' };
 
@@ -34,9 +36,9 @@ export type ControlResponse =
   | { id: number | null; ok: true; result: unknown }
   | { id: number | null; ok: false; error: ControlErrorBody };
 
-const RESOURCE_COMMANDS = new Set(['up', 'down', 'primary', 'secondary']);
+const RESOURCE_COMMANDS = new Set(['up', 'down', 'primary', 'secondary', 'connect', 'disconnect']);
 const FORCE_COMMANDS = new Set(['primary', 'secondary']);
-const ALL_COMMANDS = new Set(['ping', 'up', 'down', 'primary', 'secondary', 'status', 'shutdown']);
+const ALL_COMMANDS = new Set(['ping', 'up', 'down', 'primary', 'secondary', 'connect', 'disconnect', 'status', 'shutdown']);
 
 export type DecodedRequest = { ok: true; request: ControlRequest } | { ok: false; id: number | null; error: MirrorError };
 
@@ -74,6 +76,8 @@ export function decodeRequest(line: string): DecodedRequest {
       if (typeof o.configFile !== 'string' || o.configFile.length === 0) return bad(id, '"up" needs a "configFile"');
       return { ok: true, request: { id, cmd, resource: o.resource as string, configFile: o.configFile } };
     case 'down':
+    case 'connect':
+    case 'disconnect':
       return { ok: true, request: { id, cmd, resource: o.resource as string } };
     case 'primary':
     case 'secondary':

@@ -79,6 +79,12 @@ export class Daemon {
       case 'secondary':
         await this.get(req.resource).secondary(req.force);
         return this.get(req.resource).status();
+      case 'connect':
+        await this.get(req.resource).connect();
+        return null;
+      case 'disconnect':
+        await this.get(req.resource).disconnect();
+        return null;
       case 'shutdown':
         setImmediate(() => void this.shutdown('shutdown requested'));
         return null;

@@ -93,20 +93,55 @@ export class LocalExport implements NbdExport {
     this.clientsById.delete(client.id);
   }
 
-  async read(offset: number, length: number): Promise<Buffer> {
-    this.checkGate();
-    const data = await this.guard('read', this.store.read(offset, length));
-    this.counters.reads++;
-    this.counters.bytesRead += length;
-    return data;
+  /*
+   * read, write and writev, the per-I/O calls, are plain functions chaining
+   * one handler onto the store's promise (no async wrapper, no extra promise
+   * per layer); the rarer operations below stay async.
+   */
+
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    const refusal = this.gate.refusal();
+    if (refusal !== null) return Promise.reject(errnoError('ESHUTDOWN', refusal));
+    return this.store.read(offset, length, into).then(this.readDone, this.readFailed);
   }
 
-  async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
-    this.checkGate();
-    await this.guard('write', this.store.write(offset, data));
+  write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    const refusal = this.gate.refusal();
+    if (refusal !== null) return Promise.reject(errnoError('ESHUTDOWN', refusal));
+    const length = data.length;
+    return this.store.write(offset, data).then(() => this.written(length, fua), this.writeFailed);
+  }
+
+  /** The payload in parts as received: one positional writev where the store has it. */
+  writev(offset: number, parts: readonly Buffer[], fua: boolean): Promise<void> {
+    const refusal = this.gate.refusal();
+    if (refusal !== null) return Promise.reject(errnoError('ESHUTDOWN', refusal));
+    let length = 0;
+    for (const p of parts) length += p.length;
+    const store = this.store;
+    const done = store.writev !== undefined ? store.writev(offset, parts) : store.write(offset, Buffer.concat(parts, length));
+    return done.then(() => this.written(length, fua), this.writeFailed);
+  }
+
+  private readonly readDone = (data: Buffer): Buffer => {
+    this.counters.reads++;
+    this.counters.bytesRead += data.length;
+    return data;
+  };
+
+  private written(length: number, fua: boolean): Promise<void> | undefined {
     this.counters.writes++;
-    this.counters.bytesWritten += data.length;
-    if (fua) await this.flush();
+    this.counters.bytesWritten += length;
+    return fua ? this.flush() : undefined;
+  }
+
+  private readonly readFailed = (e: unknown): never => this.failed('read', e);
+  private readonly writeFailed = (e: unknown): never => this.failed('write', e);
+
+  private failed(op: string, e: unknown): never {
+    this.counters.errors++;
+    this.gate.ioFailed(op, e);
+    throw e;
   }
 
   async writeZeroes(offset: number, length: number, opts: { noHole: boolean; fua: boolean; fastZero: boolean }): Promise<void> {

@@ -1,19 +1,25 @@
 /**
- * One resource on this node: its disk (metadata + data store), its role and
- * disk state, and its NBD export. Every role or disk change goes through the
- * transition functions of states.ts and is persisted in the metadata before
- * it takes effect where a crash could otherwise lose it.
+ * One resource on this node: its replica (disk and metadata), its role and
+ * disk state, its peers, and its NBD export. Every role or disk change goes
+ * through the transition functions of states.ts and is persisted in the
+ * metadata before it takes effect where a crash could otherwise lose it.
  */
 import { promises as fsp } from 'node:fs';
 import type { Logger } from 'pino';
-import { FileStore } from '../../native-free-io/file-store.js';
-import type { NodeConfig, ResourceConfig, NbdAddress } from '../config/model.js';
+import type { NbdAddress, NodeConfig, ResourceConfig } from '../config/model.js';
 import { MirrorError } from '../errors.js';
-import { openMd, type MetaHandle } from '../meta/index.js';
+import { formatUuid, newUuid } from '../meta/index.js';
 import type { ListenerPolicy } from '../nbd/export.js';
 import type { NbdListener, NbdServer } from '../nbd/server.js';
+import { Peer } from '../replication/peer.js';
+import { PeerListener } from '../replication/peer-listener.js';
+import { RangeLock } from '../replication/range-lock.js';
+import type { ReplicaPort } from '../replication/replica-port.js';
+import { ReplicatedStore } from '../replication/replicated-store.js';
+import { Replicator } from '../replication/replicator.js';
 import { LocalExport } from './local-export.js';
-import { mdFlagNames, readMdFlags, superblockWith } from './md-flags.js';
+import { mdFlagNames, readMdFlags } from './md-flags.js';
+import { Replica } from './replica.js';
 import {
   demotionRefusal,
   diskStateFromFlags,
@@ -23,21 +29,27 @@ import {
   type DiskState,
   type Role,
 } from './states.js';
+import { peerStatus } from './peer-status.js';
 import type { ResourceStatus } from './status.js';
-import { formatUuid, newUuid } from '../meta/index.js';
 
 export function formatNbdAddress(a: NbdAddress): string {
   if (a.kind === 'unix') return `unix:${a.path}`;
   return a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
 }
 
+const EMPTY_IO = { reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, flushes: 0, trims: 0, zeroes: 0, errors: 0 };
+
 export class Resource {
   private role: Role = 'Secondary';
   private disk: DiskState = 'Diskless';
-  private meta: MetaHandle | null = null;
-  private store: FileStore | null = null;
+  private replica: Replica | null = null;
+  private replicator: Replicator | null = null;
   private exp: LocalExport | null = null;
   private listener: NbdListener | null = null;
+  private peerListener: PeerListener | null = null;
+  private readonly peers = new Map<number, Peer>();
+  private readonly writeLock = new RangeLock();
+  private readonly applyLock = new RangeLock();
   private readonly upAtMs = Date.now();
 
   constructor(
@@ -51,49 +63,128 @@ export class Resource {
     return this.config.name;
   }
 
-  /** Attach the disk and open the NBD listener. On failure nothing stays open. */
+  /** Attach the disk, start replication, open the NBD listener. On failure nothing stays open. */
   async up(): Promise<void> {
     try {
       await this.attach();
+      await this.startReplication();
       await this.openListener();
     } catch (e) {
-      await this.releaseAll();
+      await this.releaseAll(false);
       throw e;
     }
   }
 
   private async attach(): Promise<void> {
     if (this.local.disk === null) {
-      throw new MirrorError('ERR_BAD_CONFIG', `${this.name}: node ${this.local.name} has no disk; diskless nodes need replication`);
+      throw new MirrorError('ERR_BAD_CONFIG', `${this.name}: node ${this.local.name} is diskless (disk none); diskless nodes are not supported yet`);
     }
     this.disk = transitionDisk(this.disk, 'Attaching');
-    const meta = await openMd({ diskPath: this.local.disk, metaDisk: this.local.metaDisk });
-    this.meta = meta;
-    if (meta.superblock.nodeId !== this.local.nodeId) {
-      throw new MirrorError(
-        'ERR_MD_CORRUPT',
-        `${this.name}: metadata on ${this.local.disk} belongs to node-id ${meta.superblock.nodeId}, but ${this.local.name} is node-id ${this.local.nodeId}; run create-md again if the config is right`,
-      );
-    }
-    const flags = readMdFlags(meta.superblock);
-    if (flags.primary) {
-      // Still marked Primary at attach: this node went down without demoting.
-      this.log.warn('metadata says the last Primary run did not end cleanly: crashed primary');
-      await meta.save(superblockWith(meta.superblock, { crashedPrimary: true }));
-    }
-    this.store = await FileStore.open(this.local.disk, { sizeLimitBytes: meta.layout.dataSizeBytes });
+    const replica = await Replica.attach(this.config, this.local, this.log);
+    this.replica = replica;
+    if (replica.crashedPrimary) this.log.warn('metadata says the last Primary run did not end cleanly: crashed primary');
+    this.replicator = new Replicator({
+      store: replica.store,
+      peers: () => [...this.peers.values()],
+      bitmapFor: (id) => replica.bitmapFor(id),
+      writeLock: this.writeLock,
+      flushLocal: () => replica.store.flush(),
+      intent: replica.al,
+      log: this.log,
+    });
     this.exp = new LocalExport(
       this.name,
       this.config.nbd.description ?? `mirrorbd resource ${this.name} on ${this.local.name}`,
-      this.store,
+      new ReplicatedStore(replica.store, this.replicator),
       this.config.nbd.maxPayloadBytes,
       {
         refusal: () => this.ioRefusal(),
-        ioFailed: (op, e) => this.log.warn({ op, err: e }, 'I/O on the backing disk failed'),
+        ioFailed: (op, e) => this.log.warn({ op, err: e }, 'I/O failed'),
       },
     );
-    this.disk = transitionDisk(this.disk, diskStateFromFlags(flags));
-    this.log.info({ disk: this.disk, sizeBytes: this.store.size }, 'disk attached');
+    this.disk = transitionDisk(this.disk, diskStateFromFlags(readMdFlags(replica.superblock)));
+    this.log.info({ disk: this.disk, sizeBytes: replica.store.size }, 'disk attached');
+  }
+
+  private port(): ReplicaPort {
+    const replica = (): Replica => {
+      if (!this.replica) throw new MirrorError('ERR_NOT_UP', `${this.name} has no disk attached`);
+      return this.replica;
+    };
+    return {
+      resource: this.name,
+      ownNodeId: this.local.nodeId,
+      store: () => this.replica?.store ?? null,
+      role: () => this.role,
+      disk: () => this.disk,
+      syncSide: (id) => replica().syncSide(id, this.role === 'Primary'),
+      bitmapFor: (id) => replica().bitmapFor(id),
+      writeLock: this.writeLock,
+      applyLock: this.applyLock,
+      freezeWrites: () => this.replicator!.freeze(),
+      syncStarting: async (_id, role) => {
+        if (role === 'target') {
+          // G6: a SyncTarget is Inconsistent until the end, on disk too.
+          await replica().change({ consistent: false });
+          this.disk = transitionDisk(this.disk, 'Inconsistent');
+        }
+      },
+      syncFinished: async (id, role, sourceCurrent) => {
+        if (role === 'target') {
+          await replica().adoptGeneration(sourceCurrent, id);
+          this.disk = transitionDisk(this.disk, 'UpToDate');
+        } else {
+          await replica().bitmapClean(id);
+        }
+        await replica().saveBitmap(id);
+      },
+      peerLost: async (id, wasReplicating) => {
+        if (!this.replica) return;
+        // The peer misses every write from now on: a new generation makes
+        // the next handshake see that (DESIGN, the write path, step 6).
+        if (this.role === 'Primary' && wasReplicating) await this.replica.newGenerationFor([id]);
+        await this.replica.saveBitmap(id);
+      },
+      diskFailed: (op, e) => this.log.error({ op, err: (e as Error).message }, 'the local disk failed a replicated write'),
+      saveBitmap: (id) => replica().saveBitmap(id),
+    };
+  }
+
+  private async startReplication(): Promise<void> {
+    const others = this.config.nodes.filter((n) => n.name !== this.local.name && n.disk !== null && n.address !== null);
+    if (others.length === 0) return;
+    if (this.local.address === null) {
+      throw new MirrorError('ERR_BAD_CONFIG', `${this.name}: node ${this.local.name} needs an address to replicate with ${others.map((n) => n.name).join(', ')}`);
+    }
+    if (this.config.net.sharedSecret === null) this.log.warn('no shared-secret: peers are not authenticated');
+    const port = this.port();
+    for (const n of others) {
+      this.peers.set(
+        n.nodeId,
+        new Peer({
+          port,
+          self: this.local,
+          peer: n,
+          net: this.config.net,
+          resyncRateBytesPerSec: this.config.disk.resyncRateBytesPerSec,
+          maxPayloadBytes: this.config.nbd.maxPayloadBytes,
+          log: this.log,
+        }),
+      );
+    }
+    this.peerListener = new PeerListener({
+      address: this.local.address,
+      resource: this.name,
+      ownNodeId: this.local.nodeId,
+      secret: this.config.net.sharedSecret ?? '',
+      integrity: this.config.net.dataIntegrityAlg === 'crc32c',
+      timeoutMs: this.config.net.timeoutMs,
+      maxPacketBytes: this.config.nbd.maxPayloadBytes + 64 * 1024,
+      peers: this.peers,
+      log: this.log,
+    });
+    await this.peerListener.listen();
+    for (const p of this.peers.values()) p.connect();
   }
 
   private async openListener(): Promise<void> {
@@ -112,7 +203,10 @@ export class Resource {
 
   /** Why a client may not use the export now; null for a Primary with a usable disk. */
   private ioRefusal(): string | null {
-    if (this.role !== 'Primary') return `${this.name} is Secondary on ${this.local.name}; no Primary is known`;
+    if (this.role !== 'Primary') {
+      const primary = [...this.peers.values()].find((p) => p.status().role === 'Primary');
+      return `${this.name} is Secondary on ${this.local.name}; ${primary ? `the Primary is ${primary.name}` : 'no Primary is known'}`;
+    }
     if (this.disk !== 'UpToDate') return `${this.name} on ${this.local.name} has disk ${this.disk}`;
     return null;
   }
@@ -123,24 +217,38 @@ export class Resource {
 
   async primary(force: boolean): Promise<void> {
     if (this.role === 'Primary') return;
+    const other = [...this.peers.values()].find((p) => p.status().connection === 'Connected' && p.status().role === 'Primary');
+    if (other) {
+      throw new MirrorError('ERR_TWO_PRIMARIES', `${this.name}: ${other.name} is Primary; demote it first`, { primary: other.name });
+    }
     const refusal = promotionRefusal(this.name, this.disk, force);
     if (refusal) throw refusal;
-    const meta = this.requireMeta();
-    let sb = meta.superblock;
-    if (this.disk !== 'UpToDate') {
-      // G4: forcing is loud. The data is declared good and a new data
-      // generation starts, so later handshakes can tell it apart.
+    const replica = this.requireReplica();
+    const wasUpToDate = this.disk === 'UpToDate';
+    const away = [...this.peers.values()].filter((p) => !p.replicating()).map((p) => p.nodeId);
+    if (!wasUpToDate) {
+      // G4: forcing is loud. The data is declared good and starts a new
+      // generation, so every peer's next handshake sees it as the source.
       this.log.warn({ disk: this.disk }, 'forced promotion: declaring local data UpToDate');
-      sb = superblockWith(sb, { consistent: true, wasUpToDate: true, newCurrentUuid: newUuid() });
-    } else if (readMdFlags(sb).currentUuid === 0n) {
-      sb = superblockWith(sb, { newCurrentUuid: newUuid() });
+      await replica.change({ consistent: true, wasUpToDate: true, newCurrentUuid: newUuid() });
+    } else if (replica.superblock.currentUuid === 0n) {
+      await replica.change({ newCurrentUuid: newUuid() });
+    } else if (away.length > 0) {
+      // Promoted without some peers: they will miss what comes.
+      await replica.newGenerationFor(away);
     }
     // Persist "was Primary" before serving a single write: a crash from here
     // on is a crashed Primary.
-    await meta.save(superblockWith(sb, { primary: true }));
+    await replica.change({ primary: true });
     this.disk = transitionDisk(this.disk, 'UpToDate');
     this.role = transitionRole(this.role, 'Primary');
     this.log.info({ force }, 'role changed to Primary');
+    for (const p of this.peers.values()) {
+      // A connected peer that got no data from us yet (both were Inconsistent)
+      // must decide again: now there is a source.
+      if (!wasUpToDate) void p.renegotiate('new data generation after forced promotion');
+      else p.announceState();
+    }
   }
 
   async secondary(force: boolean): Promise<void> {
@@ -151,44 +259,55 @@ export class Resource {
     // New requests are refused from here (the gate); in-flight ones finish,
     // then connected clients are told ESHUTDOWN and closed.
     await this.nbd.disconnectClients(this.name, `${this.name} became Secondary`);
-    await this.store?.flush();
-    const meta = this.requireMeta();
-    await meta.save(superblockWith(meta.superblock, { primary: false, crashedPrimary: false }));
+    await this.replicator?.flush().catch(() => undefined);
+    await this.requireReplica().change({ primary: false, crashedPrimary: false });
+    for (const p of this.peers.values()) p.announceState();
     this.log.info({ force }, 'role changed to Secondary');
   }
 
-  /** `down`: refused for a Primary with clients; otherwise demote, close, detach. */
+  async connect(): Promise<void> {
+    this.requireReplica();
+    if (this.peers.size === 0) throw new MirrorError('ERR_BAD_CONFIG', `${this.name} has no peers to connect to`);
+    for (const p of this.peers.values()) p.connect();
+  }
+
+  async disconnect(): Promise<void> {
+    this.requireReplica();
+    for (const p of this.peers.values()) await p.disconnect('disconnect requested by the operator');
+  }
+
+  /** `down`: refused for a Primary with clients; otherwise demote, disconnect, close, detach. */
   async down(opts: { forceClients: boolean }): Promise<void> {
     if (this.role === 'Primary') await this.secondary(opts.forceClients);
-    await this.releaseAll();
+    await this.releaseAll(true);
     this.log.info('down');
   }
 
-  private async releaseAll(): Promise<void> {
+  private async releaseAll(clean: boolean): Promise<void> {
+    for (const p of this.peers.values()) await p.disconnect('going down').catch(() => undefined);
+    this.peers.clear();
+    const pl = this.peerListener;
+    this.peerListener = null;
+    if (pl) await pl.close();
     const listener = this.listener;
     this.listener = null;
     if (listener) await listener.close();
-    const store = this.store;
-    this.store = null;
-    if (store) {
-      await store.flush().catch(() => undefined);
-      await store.close();
-    }
-    const meta = this.meta;
-    this.meta = null;
-    if (meta) await meta.close();
+    this.replicator?.stop();
+    this.replicator = null;
+    const replica = this.replica;
+    this.replica = null;
+    if (replica) await replica.close(clean && this.disk !== 'Failed');
     this.exp = null;
     if (this.disk !== 'Diskless') this.disk = transitionDisk(this.disk, 'Diskless');
   }
 
-  private requireMeta(): MetaHandle {
-    if (this.meta === null) throw new MirrorError('ERR_NOT_UP', `${this.name} has no disk attached`);
-    return this.meta;
+  private requireReplica(): Replica {
+    if (this.replica === null) throw new MirrorError('ERR_NOT_UP', `${this.name} has no disk attached`);
+    return this.replica;
   }
 
   status(): ResourceStatus {
-    const sb = this.meta?.superblock;
-    const flags = sb ? readMdFlags(sb) : null;
+    const sb = this.replica?.superblock;
     const now = Date.now();
     return {
       name: this.name,
@@ -196,7 +315,7 @@ export class Resource {
       nodeId: this.local.nodeId,
       role: this.role,
       disk: this.disk,
-      sizeBytes: this.store?.size ?? 0,
+      sizeBytes: this.replica?.store.size ?? 0,
       nbd: {
         address: this.local.nbdAddress ? formatNbdAddress(this.listener?.address ?? this.local.nbdAddress) : null,
         clients: (this.exp?.clients() ?? []).map((c) => ({
@@ -208,22 +327,13 @@ export class Resource {
       },
       peers: this.config.nodes
         .filter((n) => n.name !== this.local.name)
-        .map((n) => ({
-          node: n.name,
-          nodeId: n.nodeId,
-          role: 'Unknown' as const,
-          connection: 'StandAlone' as const,
-          replication: 'Off' as const,
-          peerDisk: 'DUnknown' as const,
-          outOfSyncBytes: null,
-          syncDonePercent: null,
-        })),
+        .map((n) => peerStatus(n, this.peers.get(n.nodeId)?.status() ?? null, now)),
       generation: {
-        current: formatUuid(flags?.currentUuid ?? 0n),
-        history: flags ? flags.historyUuids.map(formatUuid) : [],
+        current: formatUuid(sb?.currentUuid ?? 0n),
+        history: sb ? sb.historyUuids.map(formatUuid) : [],
       },
       flags: sb ? mdFlagNames(sb) : [],
-      io: this.exp ? { ...this.exp.counters } : { reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, flushes: 0, trims: 0, zeroes: 0, errors: 0 },
+      io: this.exp ? { ...this.exp.counters } : { ...EMPTY_IO },
       upSec: Math.round((now - this.upAtMs) / 1000),
     };
   }

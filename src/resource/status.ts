@@ -3,22 +3,33 @@
  * (docs/status.md). Add fields; never rename or remove one.
  */
 import type { DiskState, Role } from './states.js';
+import type { WireDiskState, WireRole } from '../replication/wire/index.js';
 import type { IoCounters } from './local-export.js';
 
-export type ConnectionState = 'StandAlone' | 'Connecting' | 'Connected' | 'Disconnecting';
-export type ReplicationState = 'Off' | 'Established' | 'SyncSource' | 'SyncTarget' | 'PausedSyncS' | 'PausedSyncT' | 'VerifyS' | 'VerifyT';
+import type { ConnectionState, ReplicationState } from '../replication/connection-states.js';
 
 export interface PeerStatus {
   node: string;
   nodeId: number;
-  role: Role | 'Unknown';
+  role: Role | WireRole | 'Unknown';
   connection: ConnectionState;
   replication: ReplicationState;
-  peerDisk: DiskState | 'DUnknown';
+  peerDisk: DiskState | WireDiskState | 'DUnknown';
   /** Bytes marked out of sync for this peer; null while no bitmap tracks this peer. */
   outOfSyncBytes: number | null;
   /** Progress of a running resync, 0..100; null when none runs. */
   syncDonePercent: number | null;
+  /** The running resync: bytes copied and to copy, rate, estimated seconds left. */
+  resync: { doneBytes: number; totalBytes: number; bytesPerSec: number; etaSec: number | null; paused: boolean } | null;
+  /** The last sync decision at connect: "strategy by rule". */
+  lastDecision: string | null;
+  /** Why the last connection attempt or session ended, while not connected. */
+  lastError: string | null;
+  /** The last handshake found a split brain; the connection stays StandAlone. */
+  splitBrain: boolean;
+  /** Bytes on the wire with this peer since up (both channels). */
+  bytesSent: number;
+  bytesReceived: number;
 }
 
 export interface NbdClientStatus {

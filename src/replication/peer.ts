@@ -1,0 +1,676 @@
+/**
+ * One peer of a resource: its connection (dialing or accepting, with the
+ * two channels of a session), the connect-time handshake, and — while
+ * connected — the traffic of the session: replicated writes out, their
+ * acknowledgements in, the receiving of the peer's writes, resync, pings.
+ *
+ * The lower node-id dials, the higher one accepts, so two nodes never race
+ * to open the same session. A lost session returns to Connecting: the dialer
+ * redials every `connect-int`, the acceptor waits.
+ */
+import net from 'node:net';
+import type { Logger } from 'pino';
+import type { NetOptions, NodeConfig } from '../config/model.js';
+import { PeerChannel } from './channel.js';
+import {
+  transitionConnection,
+  transitionReplication,
+  type ConnectionState,
+  type ReplicationState,
+} from './connection-states.js';
+import { PacketWaiter, exchangeBitmaps, exchangeFacts, type HandshakeFacts } from './handshake.js';
+import { newSessionId, openChannel, type OpenedChannel } from './opening.js';
+import type { ReplicaPort, SyncRole } from './replica-port.js';
+import { Receiver } from './receiver.js';
+import { ResyncSource, ResyncTarget, type ResyncProgress } from './resync.js';
+import { decideSync, describeSyncDecision, isSplitBrain, type SyncDecision, type SyncSide } from './sync-decision.js';
+import { TransferLog, type PeerOutcome } from './transfer-log.js';
+import {
+  FEATURES,
+  UUID_FLAGS,
+  WRITE_FLAGS,
+  agreeSizes,
+  paramsMismatch,
+  specOfKind,
+  type Channel,
+  type Packet,
+  type ReplicationProtocol,
+  type UuidsPacket,
+  type WireDiskState,
+  type WireRole,
+} from './wire/index.js';
+
+/** After an orderly "renegotiate" the dialer reconnects at once, not after connect-int. */
+export const RENEGOTIATE_PREFIX = 'renegotiate: ';
+
+export interface PeerOptions {
+  port: ReplicaPort;
+  self: NodeConfig;
+  peer: NodeConfig;
+  net: NetOptions;
+  resyncRateBytesPerSec: number;
+  maxPayloadBytes: number;
+  log: Logger;
+}
+
+export type WriteKind = 'data' | 'zeroes' | 'trim';
+
+export interface ReplicatedWrite {
+  kind: WriteKind;
+  seq: number;
+  epoch: number;
+  offset: number;
+  length: number;
+  fua: boolean;
+  noHole?: boolean;
+  payload?: Buffer;
+}
+
+interface Session {
+  id: bigint;
+  data: PeerChannel;
+  meta: PeerChannel;
+  features: number;
+  tl: TransferLog;
+  receiver: Receiver | null;
+  source: ResyncSource | null;
+  target: ResyncTarget | null;
+  /** Replicated writes flow to the peer (it is UpToDate or a SyncTarget). */
+  replicating: boolean;
+  peerUuids: UuidsPacket | null;
+  barrierWaiters: Map<number, Array<(o: PeerOutcome) => void>>;
+  pingTimer: NodeJS.Timeout | null;
+  pingDeadline: NodeJS.Timeout | null;
+  lastHeardMs: number;
+  closed: boolean;
+}
+
+export interface PeerStatusFacts {
+  node: string;
+  nodeId: number;
+  connection: ConnectionState;
+  replication: ReplicationState;
+  role: WireRole | 'Unknown';
+  peerDisk: WireDiskState | 'DUnknown';
+  outOfSyncBytes: number;
+  resync: ResyncProgress | null;
+  lastDecision: string | null;
+  lastError: string | null;
+  splitBrain: boolean;
+  bytesSent: number;
+  bytesReceived: number;
+}
+
+export class Peer {
+  private connection: ConnectionState = 'StandAlone';
+  private replication: ReplicationState = 'Off';
+  private peerRole: WireRole | 'Unknown' = 'Unknown';
+  private peerDisk: WireDiskState | 'DUnknown' = 'DUnknown';
+  private session: Session | null = null;
+  /** Accepted channels waiting for their twin, by session id. */
+  private readonly halfOpen = new Map<bigint, { ch: PeerChannel; opened: OpenedChannel; timer: NodeJS.Timeout }>();
+  private dialTimer: NodeJS.Timeout | null = null;
+  private dialing = false;
+  private lastDecision: string | null = null;
+  private lastError: string | null = null;
+  private splitBrain = false;
+  private bytesSentTotal = 0;
+  private bytesReceivedTotal = 0;
+  private readonly log: Logger;
+  readonly protocol: ReplicationProtocol;
+
+  constructor(private readonly o: PeerOptions) {
+    this.log = o.log.child({ peer: o.peer.name });
+    this.protocol = o.net.protocol;
+  }
+
+  get nodeId(): number {
+    return this.o.peer.nodeId;
+  }
+
+  get name(): string {
+    return this.o.peer.name;
+  }
+
+  private get dials(): boolean {
+    return this.o.self.nodeId < this.o.peer.nodeId;
+  }
+
+  // --- connection lifecycle ----------------------------------------------------
+
+  connect(): void {
+    if (this.connection !== 'StandAlone') return;
+    this.splitBrain = false;
+    this.setConnection('Connecting');
+    if (this.dials) this.scheduleDial(0);
+  }
+
+  /** To StandAlone: the session ends and nobody redials until `connect`. */
+  async disconnect(reason = 'disconnect requested'): Promise<void> {
+    this.clearDial();
+    for (const h of this.halfOpen.values()) {
+      clearTimeout(h.timer);
+      h.ch.close(reason);
+    }
+    this.halfOpen.clear();
+    if (this.session) await this.endSession(this.session, reason);
+    if (this.connection !== 'StandAlone') this.setConnection('StandAlone');
+  }
+
+  /** Drop the session and decide again (after a change of UUIDs or disk state). */
+  async renegotiate(why: string): Promise<void> {
+    if (this.session) await this.endSession(this.session, `${RENEGOTIATE_PREFIX}${why}`);
+  }
+
+  private setConnection(to: ConnectionState): void {
+    const from = this.connection;
+    this.connection = transitionConnection(from, to);
+    if (from !== to) this.log.info({ from, to }, 'connection state');
+  }
+
+  private setReplication(to: ReplicationState): void {
+    const from = this.replication;
+    this.replication = transitionReplication(from, to);
+    if (from !== to) this.log.info({ from, to }, 'replication state');
+  }
+
+  private clearDial(): void {
+    if (this.dialTimer) clearTimeout(this.dialTimer);
+    this.dialTimer = null;
+  }
+
+  private scheduleDial(delayMs: number): void {
+    this.clearDial();
+    if (this.connection !== 'Connecting' || !this.dials) return;
+    this.dialTimer = setTimeout(() => void this.dial(), delayMs);
+    this.dialTimer.unref();
+  }
+
+  private async dial(): Promise<void> {
+    this.dialTimer = null;
+    if (this.dialing || this.session || this.connection !== 'Connecting') return;
+    const addr = this.o.peer.address;
+    if (!addr) return;
+    this.dialing = true;
+    const sessionId = newSessionId();
+    const opened: PeerChannel[] = [];
+    try {
+      const data = await this.dialChannel(addr.host, addr.port, 'data', sessionId);
+      opened.push(data.ch);
+      const meta = await this.dialChannel(addr.host, addr.port, 'meta', sessionId);
+      opened.push(meta.ch);
+      this.dialing = false;
+      if (this.connection !== 'Connecting') throw new Error('no longer connecting');
+      await this.runSession(sessionId, data.ch, meta.ch, data.opened.features);
+    } catch (e) {
+      this.dialing = false;
+      for (const ch of opened) ch.close((e as Error).message);
+      const msg = (e as Error).message;
+      if (this.lastError !== msg) this.log.info({ reason: msg }, 'could not connect; will retry');
+      this.lastError = msg;
+      this.scheduleDial(this.o.net.connectIntMs);
+    }
+  }
+
+  private dialChannel(host: string, port: number, channel: Channel, sessionId: bigint): Promise<{ ch: PeerChannel; opened: OpenedChannel }> {
+    return new Promise((resolve, reject) => {
+      const socket = net.createConnection({ host, port });
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(new Error(`connecting to ${host}:${port} timed out`));
+      }, this.o.net.timeoutMs);
+      timer.unref();
+      socket.once('error', (e) => {
+        clearTimeout(timer);
+        reject(new Error(`connecting to ${host}:${port}: ${e.message}`));
+      });
+      socket.once('connect', () => {
+        clearTimeout(timer);
+        socket.removeAllListeners('error');
+        const ch = new PeerChannel(socket, channel, this.log, this.o.maxPayloadBytes + 64 * 1024);
+        openChannel(ch, {
+          resource: this.o.port.resource,
+          ownNodeId: this.o.self.nodeId,
+          secret: this.o.net.sharedSecret ?? '',
+          timeoutMs: this.o.net.timeoutMs,
+          integrity: this.o.net.dataIntegrityAlg === 'crc32c',
+          dial: { channel, sessionId, peerNodeId: this.o.peer.nodeId },
+        }).then((opened) => resolve({ ch, opened }), reject);
+      });
+    });
+  }
+
+  /** An authenticated channel the resource's listener accepted for this peer. */
+  acceptChannel(ch: PeerChannel, opened: OpenedChannel): void {
+    if (this.connection === 'StandAlone' || this.dials) {
+      ch.close(this.connection === 'StandAlone' ? `${this.o.self.name} is StandAlone` : 'the lower node-id dials');
+      return;
+    }
+    const twin = this.halfOpen.get(opened.sessionId);
+    if (!twin) {
+      const timer = setTimeout(() => {
+        this.halfOpen.delete(opened.sessionId);
+        ch.close('the second channel of the session never came');
+      }, this.o.net.timeoutMs);
+      timer.unref();
+      this.halfOpen.set(opened.sessionId, { ch, opened, timer });
+      return;
+    }
+    clearTimeout(twin.timer);
+    this.halfOpen.delete(opened.sessionId);
+    if (twin.opened.channel === opened.channel) {
+      ch.close('two channels of the same kind');
+      twin.ch.close('two channels of the same kind');
+      return;
+    }
+    const data = opened.channel === 'data' ? ch : twin.ch;
+    const meta = opened.channel === 'meta' ? ch : twin.ch;
+    void (async () => {
+      // A new session from the peer replaces an old one (it restarted).
+      if (this.session) await this.endSession(this.session, 'the peer opened a new session');
+      await this.runSession(opened.sessionId, data, meta, opened.features).catch((e: unknown) => {
+        this.lastError = (e as Error).message;
+      });
+    })();
+  }
+
+  // --- the session ---------------------------------------------------------------
+
+  private async runSession(id: bigint, data: PeerChannel, meta: PeerChannel, features: number): Promise<void> {
+    const port = this.o.port;
+    const s: Session = {
+      id,
+      data,
+      meta,
+      features,
+      tl: new TransferLog(this.protocol),
+      receiver: null,
+      source: null,
+      target: null,
+      replicating: false,
+      peerUuids: null,
+      barrierWaiters: new Map(),
+      pingTimer: null,
+      pingDeadline: null,
+      lastHeardMs: Date.now(),
+      closed: false,
+    };
+    this.session = s;
+    // Both sides must configure it: it is a feature offered only when set.
+    const integrity = (features & FEATURES.INTEGRITY_CRC32C) !== 0;
+    data.setIntegrity(integrity);
+    meta.setIntegrity(integrity);
+    data.onClose((r) => void this.endSession(s, r));
+    meta.onClose((r) => void this.endSession(s, r));
+    this.setConnection('Connected');
+    this.lastError = null;
+
+    // New application writes wait while the two sides compare notes, so the
+    // bitmap we send covers every write the peer will not receive.
+    const resume = port.role() === 'Primary' ? await port.freezeWrites() : () => undefined;
+    let decision: SyncDecision;
+    try {
+      const waiter = new PacketWaiter(data);
+      const theirs = await exchangeFacts(data, waiter, this.ownFacts(), this.o.net.timeoutMs);
+      decision = this.decide(theirs);
+      s.peerUuids = theirs.uuids;
+      this.peerRole = theirs.state.role;
+      this.peerDisk = theirs.state.disk;
+      if (decision.strategy === 'split-brain-auto' || decision.strategy === 'split-brain-disconnect') {
+        this.splitBrain = true;
+        throw new StandAloneError(`split brain detected (${describeSyncDecision(decision)}); resolve it before connecting again`);
+      }
+      if (decision.strategy === 'unrelated-data') throw new StandAloneError('unrelated data: the two disks share no history');
+      if (port.role() === 'Primary' && decision.strategy.startsWith('target')) {
+        throw new StandAloneError('this node is Primary but would have to become SyncTarget; demote it first');
+      }
+      if (decision.strategy === 'inconsistent-source' && port.role() === 'Primary') {
+        throw new StandAloneError('both disks are Inconsistent; no side can be the source');
+      }
+      const ownBitmap = port.bitmapFor(this.nodeId);
+      if (decision.strategy.endsWith('use-bitmap') || decision.strategy === 'no-sync') {
+        const theirBitmap = await exchangeBitmaps(data, waiter, ownBitmap, this.o.net.timeoutMs);
+        ownBitmap.or(theirBitmap);
+      }
+      if (decision.strategy.endsWith('full-sync')) ownBitmap.setAll();
+      this.startSession(s, decision);
+      for (const p of waiter.rest()) this.onData(s, p);
+    } catch (e) {
+      resume();
+      const reason = (e as Error).message;
+      this.lastError = reason;
+      this.log.warn({ reason }, 'handshake failed');
+      await this.endSession(s, reason);
+      if (e instanceof StandAloneError && this.connection !== 'StandAlone') {
+        this.clearDial();
+        this.setConnection('StandAlone');
+      }
+      return;
+    }
+    resume();
+  }
+
+  private ownFacts(): HandshakeFacts {
+    const port = this.o.port;
+    const side = port.syncSide(this.nodeId);
+    const store = port.store();
+    let flags = 0;
+    if (side.flags.consistent) flags |= UUID_FLAGS.CONSISTENT;
+    if (side.flags.wasUpToDate) flags |= UUID_FLAGS.WAS_UP_TO_DATE;
+    if (side.flags.primary) flags |= UUID_FLAGS.PRIMARY;
+    if (side.flags.crashedPrimary) flags |= UUID_FLAGS.CRASHED_PRIMARY;
+    return {
+      params: { kind: 'params', protocol: this.protocol, flags: 0, csumsAlg: '', verifyAlg: '' },
+      sizes: { kind: 'sizes', dataSizeBytes: store?.size ?? 0, maxPayloadBytes: this.o.maxPayloadBytes },
+      uuids: {
+        kind: 'uuids',
+        current: side.current,
+        bitmap: side.bitmap,
+        history: [side.history[0], side.history[1]],
+        flags,
+        dirtyBlocks: side.dirtyBlocks,
+      },
+      state: { kind: 'state', role: port.role(), disk: port.disk() },
+    };
+  }
+
+  private decide(theirs: HandshakeFacts): SyncDecision {
+    const mismatch = paramsMismatch(this.ownFacts().params, theirs.params);
+    if (mismatch) throw new StandAloneError(mismatch);
+    const own = this.o.port.store()?.size ?? 0;
+    const sizes = agreeSizes({ dataSizeBytes: own, maxPayloadBytes: this.o.maxPayloadBytes }, theirs.sizes);
+    if (own !== theirs.sizes.dataSizeBytes) {
+      throw new StandAloneError(`data sizes differ (ours ${own} bytes, the peer's ${theirs.sizes.dataSizeBytes}); make the disks the same size`);
+    }
+    void sizes;
+    const u = theirs.uuids;
+    const peerSide: SyncSide = {
+      current: u.current,
+      bitmap: u.bitmap,
+      history: u.history,
+      flags: {
+        consistent: (u.flags & UUID_FLAGS.CONSISTENT) !== 0,
+        wasUpToDate: (u.flags & UUID_FLAGS.WAS_UP_TO_DATE) !== 0,
+        crashedPrimary: (u.flags & UUID_FLAGS.CRASHED_PRIMARY) !== 0,
+        primary: (u.flags & UUID_FLAGS.PRIMARY) !== 0,
+      },
+      dirtyBlocks: u.dirtyBlocks,
+    };
+    const decision = decideSync({
+      local: this.o.port.syncSide(this.nodeId),
+      peer: peerSide,
+      resolveConflicts: this.o.self.nodeId > this.o.peer.nodeId,
+    });
+    this.lastDecision = describeSyncDecision(decision);
+    this.log.info({ strategy: decision.strategy, rule: decision.rule }, `sync decision: ${this.lastDecision}`);
+    return decision;
+  }
+
+  private startSession(s: Session, decision: SyncDecision): void {
+    const port = this.o.port;
+    const store = port.store();
+    if (store) {
+      s.receiver = new Receiver(store, port.applyLock, { send: (p) => this.send(s, p) }, {
+        written: (offset, length) => {
+          if (this.replication === 'SyncTarget') port.bitmapFor(this.nodeId).clearRange(offset, length);
+        },
+        diskFailed: (op, e) => port.diskFailed(op, e),
+      }, this.log);
+    }
+    s.data.onPacket((p) => this.onData(s, p));
+    s.meta.onPacket((p) => this.onMeta(s, p));
+    this.startPings(s);
+    const role: SyncRole | null = decision.strategy.startsWith('source') ? 'source' : decision.strategy.startsWith('target') ? 'target' : null;
+    if (role === null) {
+      // Nothing to copy: both sides hold the same generation.
+      port.bitmapFor(this.nodeId).clearAll();
+      void port.saveBitmap(this.nodeId);
+      this.setReplication('Established');
+      s.replicating = this.peerDisk === 'UpToDate' || this.peerDisk === 'Consistent' || this.peerDisk === 'Outdated';
+      return;
+    }
+    // A SyncTarget receives replication from the first write on: a write
+    // not sent would set a bit here that the target never asks for.
+    if (role === 'source') s.replicating = true;
+    void this.startResync(s, role);
+  }
+
+  private async startResync(s: Session, role: SyncRole): Promise<void> {
+    const port = this.o.port;
+    const store = port.store()!;
+    const bitmap = port.bitmapFor(this.nodeId);
+    await port.syncStarting(this.nodeId, role);
+    if (s.closed) return;
+    if (role === 'source') {
+      this.setReplication('SyncSource');
+      s.source = new ResyncSource(store, bitmap, port.writeLock, { send: (p) => this.send(s, p) }, {
+        done: () => void this.resyncDone(s, 'source'),
+      }, this.log);
+    } else {
+      this.setReplication('SyncTarget');
+      s.target = new ResyncTarget(store, bitmap, port.applyLock, { send: (p) => this.send(s, p) },
+        { rateBytesPerSec: this.o.resyncRateBytesPerSec },
+        {
+          done: () => void this.resyncDone(s, 'target'),
+          failed: (reason) => void this.endSession(s, `resync failed: ${reason}`),
+        }, this.log);
+      s.target.start();
+    }
+  }
+
+  private async resyncDone(s: Session, role: SyncRole): Promise<void> {
+    if (s.closed) return;
+    const sourceCurrent = role === 'target' ? (s.peerUuids?.current ?? 0n) : this.o.port.syncSide(this.nodeId).current;
+    await this.o.port.syncFinished(this.nodeId, role, sourceCurrent);
+    if (s.closed) return;
+    s.source = null;
+    s.target = null;
+    this.setReplication('Established');
+    if (role === 'target') this.send(s, { kind: 'state', role: this.o.port.role(), disk: this.o.port.disk() });
+    else this.peerDisk = 'UpToDate';
+  }
+
+  private async endSession(s: Session, reason: string): Promise<void> {
+    if (s.closed) return;
+    s.closed = true;
+    if (this.session === s) this.session = null;
+    if (s.pingTimer) clearInterval(s.pingTimer);
+    if (s.pingDeadline) clearTimeout(s.pingDeadline);
+    s.source?.stop();
+    s.target?.stop();
+    this.bytesSentTotal += s.data.bytesSent + s.meta.bytesSent;
+    this.bytesReceivedTotal += s.data.bytesReceived + s.meta.bytesReceived;
+    // G1: what the peer did not confirm is marked before anyone hears the
+    // write completed, and before the connection is let go.
+    const wasReplicating = s.replicating;
+    s.replicating = false;
+    const lost = s.tl.takeLost();
+    const bitmap = this.o.port.store() ? this.o.port.bitmapFor(this.nodeId) : null;
+    for (const r of lost.ranges) bitmap?.setRange(r.offset, r.length);
+    for (const waiters of s.barrierWaiters.values()) for (const w of waiters) w('lost');
+    s.barrierWaiters.clear();
+    s.data.close(reason);
+    s.meta.close(reason);
+    this.log.info({ reason }, 'session ended');
+    await this.o.port.peerLost(this.nodeId, wasReplicating).catch((e: unknown) => this.log.error({ err: e }, 'recording the lost peer failed'));
+    lost.release();
+    if (this.replication !== 'Off') this.setReplication('Off');
+    this.peerRole = 'Unknown';
+    this.peerDisk = 'DUnknown';
+    if (this.connection === 'Connected') this.setConnection('Connecting');
+    if (this.connection === 'Connecting' && this.dials) {
+      this.scheduleDial(reason.startsWith(RENEGOTIATE_PREFIX) || reason.includes(RENEGOTIATE_PREFIX) ? 0 : this.o.net.connectIntMs);
+    }
+  }
+
+  // --- traffic -------------------------------------------------------------------
+
+  /** Every packet kind has its channel (wire/packets.ts); this picks it. */
+  private send(s: Session, p: Packet): void {
+    if (s.closed) return;
+    if (specOfKind(p.kind).channel === 'meta') s.meta.send(p);
+    else s.data.send(p);
+  }
+
+  private onData(s: Session, p: Packet): void {
+    s.lastHeardMs = Date.now();
+    if (s.receiver?.handle(p)) return;
+    if (s.source?.handle(p)) return;
+    if (s.target?.handle(p)) return;
+    switch (p.kind) {
+      case 'state':
+        this.peerRole = p.role;
+        this.peerDisk = p.disk;
+        if (p.disk === 'UpToDate' && this.replication === 'Established') s.replicating = true;
+        return;
+      case 'sync-done':
+        // a resync that already ended here
+        return;
+      default:
+        this.log.warn({ kind: p.kind }, 'unexpected packet on the data channel');
+    }
+  }
+
+  private onMeta(s: Session, p: Packet): void {
+    s.lastHeardMs = Date.now();
+    switch (p.kind) {
+      case 'ping':
+        this.send(s, { kind: 'ping-ack' });
+        return;
+      case 'ping-ack':
+        if (s.pingDeadline) clearTimeout(s.pingDeadline);
+        s.pingDeadline = null;
+        return;
+      case 'recv-ack':
+        s.tl.received(p.seq);
+        return;
+      case 'write-ack':
+        s.tl.written(p.seq);
+        return;
+      case 'neg-ack': {
+        const r = s.tl.failed(p.seq);
+        if (r) this.o.port.bitmapFor(this.nodeId).setRange(r.offset, r.length);
+        return;
+      }
+      case 'rs-write-ack':
+        s.source?.handle(p);
+        return;
+      case 'rs-is-in-sync':
+      case 'neg-rs-reply':
+        s.target?.handle(p);
+        return;
+      case 'barrier-ack': {
+        s.tl.barrierDone(p.epoch);
+        for (const [epoch, waiters] of s.barrierWaiters) {
+          if (epoch <= p.epoch) {
+            s.barrierWaiters.delete(epoch);
+            for (const w of waiters) w('ok');
+          }
+        }
+        return;
+      }
+      default:
+        this.log.warn({ kind: p.kind }, 'unexpected packet on the meta channel');
+    }
+  }
+
+  private startPings(s: Session): void {
+    s.pingTimer = setInterval(() => {
+      if (s.closed || s.pingDeadline) return;
+      if (Date.now() - s.lastHeardMs < this.o.net.pingIntMs) return;
+      this.send(s, { kind: 'ping' });
+      s.pingDeadline = setTimeout(() => void this.endSession(s, `no PING_ACK within ${this.o.net.pingTimeoutMs} ms`), this.o.net.pingTimeoutMs);
+      s.pingDeadline.unref();
+    }, Math.max(50, Math.min(this.o.net.pingIntMs, 1000)));
+    s.pingTimer.unref();
+  }
+
+  // --- the write path, called by the replicator ----------------------------------
+
+  /** Is the peer taking replicated writes now? */
+  replicating(): boolean {
+    return this.session?.replicating === true;
+  }
+
+  /**
+   * Send a write; resolves when the protocol's acknowledgement arrived ('ok'),
+   * the peer failed it ('failed', already marked) or the session ended
+   * ('lost', already marked). Null when the peer is not replicating: the
+   * caller marks the range in the bitmap.
+   */
+  replicate(w: ReplicatedWrite): Promise<PeerOutcome> | null {
+    const s = this.session;
+    if (!s || !s.replicating || s.closed) return null;
+    let flags = w.fua ? WRITE_FLAGS.FUA : 0;
+    if (this.protocol === 'B') flags |= WRITE_FLAGS.SEND_RECV_ACK;
+    if (this.protocol === 'C') flags |= WRITE_FLAGS.SEND_WRITE_ACK;
+    const done = new Promise<PeerOutcome>((resolve) => s.tl.add(w.seq, w.offset, w.length, w.epoch, resolve));
+    switch (w.kind) {
+      case 'data':
+        s.data.send({ kind: 'data', seq: w.seq, epoch: w.epoch, offset: w.offset, flags, payload: w.payload! });
+        break;
+      case 'zeroes':
+        if (w.noHole) flags |= WRITE_FLAGS.NO_HOLE;
+        s.data.send({ kind: 'zeroes', seq: w.seq, epoch: w.epoch, offset: w.offset, length: w.length, flags });
+        break;
+      case 'trim':
+        s.data.send({ kind: 'trim', seq: w.seq, epoch: w.epoch, offset: w.offset, length: w.length, flags });
+        break;
+    }
+    return done;
+  }
+
+  /**
+   * Close an epoch: the peer answers once every write of it (and before) is
+   * on its stable storage. Null when the peer is not replicating.
+   */
+  barrier(epoch: number): Promise<PeerOutcome> | null {
+    const s = this.session;
+    if (!s || !s.replicating || s.closed) return null;
+    const done = new Promise<PeerOutcome>((resolve) => {
+      const list = s.barrierWaiters.get(epoch) ?? [];
+      list.push(resolve);
+      s.barrierWaiters.set(epoch, list);
+    });
+    s.data.send({ kind: 'barrier', epoch });
+    return done;
+  }
+
+  /** Tell the peer our role/disk changed (it shows them in its status). */
+  announceState(): void {
+    const s = this.session;
+    if (s && !s.closed) this.send(s, { kind: 'state', role: this.o.port.role(), disk: this.o.port.disk() });
+  }
+
+  status(): PeerStatusFacts {
+    const s = this.session;
+    const resync = s?.target?.progress ?? s?.source?.progress ?? null;
+    return {
+      node: this.name,
+      nodeId: this.nodeId,
+      connection: this.connection,
+      replication: this.replication,
+      role: this.peerRole,
+      peerDisk: this.peerDisk,
+      outOfSyncBytes: this.o.port.store() ? this.o.port.bitmapFor(this.nodeId).bytesOutOfSync() : 0,
+      resync,
+      lastDecision: this.lastDecision,
+      lastError: this.lastError,
+      splitBrain: this.splitBrain,
+      bytesSent: this.bytesSentTotal + (s ? s.data.bytesSent + s.meta.bytesSent : 0),
+      bytesReceived: this.bytesReceivedTotal + (s ? s.data.bytesReceived + s.meta.bytesReceived : 0),
+    };
+  }
+
+  /** Resolves when the peer's received writes have all reached the disk (teardown, tests). */
+  async quiesce(): Promise<void> {
+    await this.session?.receiver?.idle();
+  }
+}
+
+/** A handshake outcome that must not be retried on its own: the operator decides. */
+class StandAloneError extends Error {}
+
+export function isSplitBrainDecision(d: SyncDecision): boolean {
+  return isSplitBrain(d.strategy);
+}

@@ -1,0 +1,41 @@
+/**
+ * What the replication layer needs from the local replica of a resource.
+ * The resource layer implements it; replication never imports the
+ * resource layer (DESIGN: dependencies point down).
+ */
+import type { BlockStore } from '../../native-free-io/block-store.js';
+import type { Bitmap } from '../meta/index.js';
+import type { RangeLock } from './range-lock.js';
+import type { SyncSide } from './sync-decision.js';
+import type { WireDiskState, WireRole } from './wire/index.js';
+
+export type SyncRole = 'source' | 'target';
+
+export interface ReplicaPort {
+  readonly resource: string;
+  readonly ownNodeId: number;
+  /** The data store; null while diskless. */
+  store(): BlockStore | null;
+  role(): WireRole;
+  disk(): WireDiskState;
+  /** This node's side of the sync decision, as seen by `peerNodeId`. */
+  syncSide(peerNodeId: number): SyncSide;
+  /** The bitmap of blocks `peerNodeId` may lack (persisted in its slot). */
+  bitmapFor(peerNodeId: number): Bitmap;
+  /** Application writes hold their range here; a SyncSource's reads too. */
+  readonly writeLock: RangeLock;
+  /** Replicated writes and resync data land through this lock, in arrival order. */
+  readonly applyLock: RangeLock;
+  /** Hold new application writes (and wait for those in flight); returns the resume function. */
+  freezeWrites(): Promise<() => void>;
+  /** A resync with the peer starts: persist what must survive a crash (a target is Inconsistent). */
+  syncStarting(peerNodeId: number, role: SyncRole): Promise<void>;
+  /** The resync ended with every block copied; `sourceCurrent` is the source's current UUID. */
+  syncFinished(peerNodeId: number, role: SyncRole, sourceCurrent: bigint): Promise<void>;
+  /** The session with the peer ended; its unconfirmed writes are already marked. */
+  peerLost(peerNodeId: number, wasReplicating: boolean): Promise<void>;
+  /** The local disk failed under replication traffic. */
+  diskFailed(op: string, error: unknown): void;
+  /** Persist the bitmap of this peer (dirty pages only). */
+  saveBitmap(peerNodeId: number): Promise<void>;
+}

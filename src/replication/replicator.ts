@@ -1,0 +1,197 @@
+/**
+ * The write path of a Primary (DESIGN, "The write path"): every write goes
+ * to the local disk and, at the same time, to every peer that takes
+ * replication; it completes when the local write is done and each peer has
+ * answered as its protocol asks (A: sent, B: received, C: written). A peer
+ * that does not take replication, or is lost before answering, has the range
+ * marked in its bitmap first (G1), so a later resync brings it over.
+ *
+ * Writes carry an epoch. An epoch closes with a BARRIER, which the peer
+ * answers once the epoch's writes are on its stable storage; NBD FLUSH closes
+ * the current epoch and waits for those answers (G2). Epochs also close every
+ * MAX_EPOCH_WRITES writes and shortly after writing stops, so the transfer
+ * logs stay short.
+ *
+ * Overlapping writes take the write lock in arrival order and keep it until
+ * the local write is done and the packet is queued to every peer: the order
+ * of overlapping writes is then the same locally and on the wire, and peers
+ * apply in wire order.
+ */
+import type { Logger } from 'pino';
+import type { BlockStore } from '../../native-free-io/block-store.js';
+import type { Bitmap } from '../meta/index.js';
+import type { Peer, ReplicatedWrite, WriteKind } from './peer.js';
+import type { RangeLock } from './range-lock.js';
+import type { PeerOutcome } from './transfer-log.js';
+
+export const MAX_EPOCH_WRITES = 1024;
+export const EPOCH_IDLE_MS = 100;
+
+/** The part of the activity log the write path uses (G3). */
+export interface WriteIntent {
+  beginWrite(offset: number, length: number): Promise<void>;
+  endWrite(offset: number, length: number): void;
+}
+
+export interface ReplicatorOptions {
+  store: BlockStore;
+  peers: () => readonly Peer[];
+  bitmapFor: (peerNodeId: number) => Bitmap;
+  writeLock: RangeLock;
+  /** Flushes the local store (coalesced by the caller). */
+  flushLocal: () => Promise<void>;
+  intent: WriteIntent | null;
+  log: Logger;
+}
+
+export interface ReplicatorCounters {
+  writes: number;
+  degradedWrites: number;
+  epochs: number;
+}
+
+export class Replicator {
+  private seq = 0;
+  private epoch = 1;
+  private epochWrites = 0;
+  private epochTimer: NodeJS.Timeout | null = null;
+  private inFlight = 0;
+  private frozen: Promise<void> | null = null;
+  private thaw: (() => void) | null = null;
+  private idleWaiters: Array<() => void> = [];
+  readonly counters: ReplicatorCounters = { writes: 0, degradedWrites: 0, epochs: 0 };
+
+  constructor(private readonly o: ReplicatorOptions) {}
+
+  write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    return this.run('data', offset, data.length, fua, () => this.o.store.write(offset, data), { payload: data });
+  }
+
+  writeZeroes(offset: number, length: number, noHole: boolean, fua: boolean): Promise<void> {
+    return this.run('zeroes', offset, length, fua, () => this.o.store.writeZeroes(offset, length, { noHole }), { noHole });
+  }
+
+  trim(offset: number, length: number, fua: boolean): Promise<void> {
+    return this.run('trim', offset, length, fua, () => this.o.store.trim(offset, length), {});
+  }
+
+  /** Local flush and every replicating peer's flush of all earlier writes (G2). */
+  async flush(): Promise<void> {
+    const peers = this.closeEpoch();
+    await this.o.flushLocal();
+    await Promise.all(peers);
+  }
+
+  /**
+   * Hold new writes and wait for those in flight; returns the function that
+   * lets writes go again. Used while a peer's handshake decides what it lacks.
+   */
+  async freeze(): Promise<() => void> {
+    while (this.frozen) await this.frozen;
+    this.frozen = new Promise((resolve) => {
+      this.thaw = resolve;
+    });
+    if (this.inFlight > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      const thaw = this.thaw;
+      this.frozen = null;
+      this.thaw = null;
+      thaw?.();
+    };
+  }
+
+  /** Stop timers (down). */
+  stop(): void {
+    if (this.epochTimer) clearTimeout(this.epochTimer);
+    this.epochTimer = null;
+  }
+
+  private async run(
+    kind: WriteKind,
+    offset: number,
+    length: number,
+    fua: boolean,
+    local: () => Promise<void>,
+    extra: { payload?: Buffer; noHole?: boolean },
+  ): Promise<void> {
+    while (this.frozen) await this.frozen;
+    this.inFlight++;
+    try {
+      const release = await this.o.writeLock.acquire(offset, length);
+      const intent = this.o.intent;
+      let waits: Array<Promise<PeerOutcome>> = [];
+      let intentTaken = false;
+      try {
+        if (intent) {
+          await intent.beginWrite(offset, length);
+          intentTaken = true;
+        }
+        const w: ReplicatedWrite = { kind, seq: ++this.seq, epoch: this.epoch, offset, length, fua, ...extra };
+        this.epochWrites++;
+        waits = this.send(w);
+        await local();
+      } finally {
+        release();
+        if (intentTaken) intent!.endWrite(offset, length);
+      }
+      if (fua) await this.o.flushLocal();
+      if (waits.length > 0) {
+        const outcomes = await Promise.all(waits);
+        if (outcomes.some((o) => o !== 'ok')) this.counters.degradedWrites++;
+      }
+      this.counters.writes++;
+      this.epochProgress();
+    } finally {
+      this.inFlight--;
+      if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
+    }
+  }
+
+  /** Queue the write to every replicating peer; mark it for the others. */
+  private send(w: ReplicatedWrite): Array<Promise<PeerOutcome>> {
+    const waits: Array<Promise<PeerOutcome>> = [];
+    for (const peer of this.o.peers()) {
+      const p = peer.replicate(w);
+      if (p === null) {
+        this.o.bitmapFor(peer.nodeId).setRange(w.offset, w.length);
+        this.counters.degradedWrites++;
+      } else {
+        waits.push(p);
+      }
+    }
+    return waits;
+  }
+
+  private epochProgress(): void {
+    if (this.epochWrites >= MAX_EPOCH_WRITES) {
+      void this.closeEpoch();
+      return;
+    }
+    if (this.epochTimer === null && this.epochWrites > 0) {
+      this.epochTimer = setTimeout(() => {
+        this.epochTimer = null;
+        if (this.epochWrites > 0) void Promise.all(this.closeEpoch());
+      }, EPOCH_IDLE_MS);
+      this.epochTimer.unref();
+    }
+  }
+
+  /** Close the current epoch; the answers of the peers that take replication. */
+  private closeEpoch(): Array<Promise<PeerOutcome>> {
+    const epoch = this.epoch;
+    this.epoch++;
+    this.epochWrites = 0;
+    this.counters.epochs++;
+    if (this.epochTimer) clearTimeout(this.epochTimer);
+    this.epochTimer = null;
+    const waits: Array<Promise<PeerOutcome>> = [];
+    for (const peer of this.o.peers()) {
+      const p = peer.barrier(epoch);
+      if (p !== null) waits.push(p);
+    }
+    return waits;
+  }
+}

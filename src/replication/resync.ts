@@ -1,0 +1,285 @@
+/**
+ * Bitmap-based resync between two connected nodes. The SyncTarget drives:
+ * it walks the blocks marked in its bitmap for this peer and asks the
+ * SyncSource for them (RS_DATA_REQUEST); the source reads and answers
+ * (RS_DATA_REPLY); the target writes, clears the bits and confirms
+ * (RS_WRITE_ACK), on which the source clears its bits too. Only marked blocks
+ * move (G6).
+ *
+ * A resync block must never overwrite newer data. On the source, a resync
+ * read takes the same range lock as application writes, and its reply is
+ * queued on the data channel before the lock is let go; application writes
+ * to the peer travel on the same channel. So the target receives, for any
+ * block, the resync copy and the application's writes in the order they
+ * happened on the source, and applies them in arrival order (the receiver's
+ * range lock, shared with this module).
+ */
+import type { Logger } from 'pino';
+import type { BlockStore } from '../../native-free-io/block-store.js';
+import { BITMAP_BLOCK_BYTES, type Bitmap } from '../meta/index.js';
+import type { RangeLock } from './range-lock.js';
+import type { Packet } from './wire/index.js';
+
+export const DEFAULT_RESYNC_REQUEST_BYTES = 256 * 1024;
+export const DEFAULT_RESYNC_IN_FLIGHT_BYTES = 8 * 1024 * 1024;
+/** How often the rate limiter refills. */
+export const RATE_TICK_MS = 50;
+
+/** Where packets go (the peer picks each packet's channel). */
+export interface ResyncIo {
+  send(p: Packet): void;
+}
+
+export interface ResyncProgress {
+  /** Bytes marked out of sync when the resync started (or was last reset). */
+  totalBytes: number;
+  /** Bytes copied (target) or confirmed (source) so far. */
+  doneBytes: number;
+  startedAtMs: number;
+  paused: boolean;
+}
+
+export interface ResyncTargetOptions {
+  /** Bytes per second; 0 for no limit. */
+  rateBytesPerSec: number;
+  requestBytes?: number;
+  maxInFlightBytes?: number;
+}
+
+export interface ResyncTargetHooks {
+  /** Every marked block has been copied. */
+  done(): void;
+  /** The source could not read a block: the resync cannot finish. */
+  failed(reason: string): void;
+}
+
+interface Outstanding {
+  offset: number;
+  length: number;
+}
+
+export class ResyncTarget {
+  private cursor = 0;
+  private nextId = 1;
+  private readonly outstanding = new Map<number, Outstanding>();
+  private inFlightBytes = 0;
+  private tokens: number;
+  private refill: NodeJS.Timeout | null = null;
+  private stopped = false;
+  private finished = false;
+  readonly progress: ResyncProgress;
+  private readonly requestBytes: number;
+  private readonly maxInFlightBytes: number;
+
+  constructor(
+    private readonly store: BlockStore,
+    private readonly bitmap: Bitmap,
+    private readonly lock: RangeLock,
+    private readonly io: ResyncIo,
+    private readonly opts: ResyncTargetOptions,
+    private readonly hooks: ResyncTargetHooks,
+    private readonly log: Logger,
+  ) {
+    this.requestBytes = opts.requestBytes ?? DEFAULT_RESYNC_REQUEST_BYTES;
+    this.maxInFlightBytes = opts.maxInFlightBytes ?? DEFAULT_RESYNC_IN_FLIGHT_BYTES;
+    this.tokens = this.burst();
+    this.progress = { totalBytes: bitmap.bytesOutOfSync(), doneBytes: 0, startedAtMs: Date.now(), paused: false };
+  }
+
+  start(): void {
+    if (this.opts.rateBytesPerSec > 0) {
+      this.refill = setInterval(() => {
+        this.tokens = Math.min(this.burst(), this.tokens + (this.opts.rateBytesPerSec * RATE_TICK_MS) / 1000);
+        this.pump();
+      }, RATE_TICK_MS);
+      this.refill.unref();
+    }
+    this.pump();
+  }
+
+  pause(): void {
+    this.progress.paused = true;
+  }
+
+  resume(): void {
+    this.progress.paused = false;
+    this.pump();
+  }
+
+  /** The connection is gone: stop asking; what was not copied stays marked. */
+  stop(): void {
+    this.stopped = true;
+    if (this.refill) clearInterval(this.refill);
+    this.refill = null;
+    this.outstanding.clear();
+  }
+
+  handle(p: Packet): boolean {
+    switch (p.kind) {
+      case 'rs-data-reply': {
+        const req = this.outstanding.get(p.id);
+        if (!req || req.offset !== p.offset || req.length !== p.payload.length) {
+          this.hooks.failed(`unexpected RS_DATA_REPLY id ${p.id} at ${p.offset}`);
+          return true;
+        }
+        void this.applyReply(p.id, req, p.payload);
+        return true;
+      }
+      case 'rs-is-in-sync': {
+        const req = this.outstanding.get(p.id);
+        if (req) this.completed(p.id, req);
+        return true;
+      }
+      case 'neg-rs-reply':
+        this.hooks.failed(`the source could not read the block of request ${p.id} (errno ${p.errno})`);
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  private burst(): number {
+    // Allow up to a tenth of a second of rate at once, and at least one request.
+    const r = this.opts.rateBytesPerSec;
+    return r > 0 ? Math.max(this.requestBytes, r / 10) : Number.POSITIVE_INFINITY;
+  }
+
+  private async applyReply(id: number, req: Outstanding, payload: Buffer): Promise<void> {
+    const release = await this.lock.acquire(req.offset, req.length);
+    try {
+      if (this.stopped) return;
+      await this.store.write(req.offset, payload);
+    } catch (e) {
+      this.hooks.failed(`writing resync data at ${req.offset} failed: ${(e as Error).message}`);
+      return;
+    } finally {
+      release();
+    }
+    this.completed(id, req);
+  }
+
+  private completed(id: number, req: Outstanding): void {
+    if (this.stopped || !this.outstanding.delete(id)) return;
+    this.bitmap.clearRange(req.offset, req.length);
+    this.inFlightBytes -= req.length;
+    this.progress.doneBytes += req.length;
+    this.io.send({ kind: 'rs-write-ack', id });
+    this.pump();
+  }
+
+  private pump(): void {
+    if (this.stopped || this.finished || this.progress.paused) return;
+    while (this.inFlightBytes < this.maxInFlightBytes && this.tokens > 0) {
+      const run = this.bitmap.nextSetRun(this.cursor);
+      if (run === null) break;
+      const maxBlocks = Math.max(1, Math.floor(this.requestBytes / BITMAP_BLOCK_BYTES));
+      const blocks = Math.min(run.count, maxBlocks);
+      const offset = run.block * BITMAP_BLOCK_BYTES;
+      const length = Math.min(blocks * BITMAP_BLOCK_BYTES, this.store.size - offset);
+      this.cursor = run.block + blocks;
+      if (length <= 0) break;
+      const id = this.nextId++;
+      this.outstanding.set(id, { offset, length });
+      this.inFlightBytes += length;
+      this.tokens -= length;
+      this.io.send({ kind: 'rs-data-request', id, offset, length });
+    }
+    if (this.outstanding.size === 0 && this.bitmap.nextSetRun(this.cursor) === null) {
+      // Bits set behind the cursor since (a failed write): go round again.
+      if (this.bitmap.countSet() > 0) {
+        this.cursor = 0;
+        this.pump();
+        return;
+      }
+      this.finish();
+    }
+  }
+
+  private finish(): void {
+    if (this.finished) return;
+    this.finished = true;
+    if (this.refill) clearInterval(this.refill);
+    this.refill = null;
+    this.log.info({ bytes: this.progress.doneBytes, ms: Date.now() - this.progress.startedAtMs }, 'resync finished (target)');
+    this.io.send({ kind: 'sync-done' });
+    this.hooks.done();
+  }
+}
+
+export interface ResyncSourceHooks {
+  /** The target reports every block copied. */
+  done(): void;
+}
+
+export class ResyncSource {
+  private readonly requested = new Map<number, Outstanding>();
+  readonly progress: ResyncProgress;
+  private stopped = false;
+
+  constructor(
+    private readonly store: BlockStore,
+    private readonly bitmap: Bitmap,
+    /** The application-write range lock of this node (see the file comment). */
+    private readonly writeLock: RangeLock,
+    private readonly io: ResyncIo,
+    private readonly hooks: ResyncSourceHooks,
+    private readonly log: Logger,
+  ) {
+    this.progress = { totalBytes: bitmap.bytesOutOfSync(), doneBytes: 0, startedAtMs: Date.now(), paused: false };
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.requested.clear();
+  }
+
+  handle(p: Packet): boolean {
+    switch (p.kind) {
+      case 'rs-data-request':
+        void this.serve(p.id, p.offset, p.length);
+        return true;
+      case 'rs-write-ack': {
+        const r = this.requested.get(p.id);
+        if (r) {
+          this.requested.delete(p.id);
+          this.bitmap.clearRange(r.offset, r.length);
+          this.progress.doneBytes += r.length;
+        }
+        return true;
+      }
+      case 'sync-done':
+        // The target sends it after every copy it asked for is written; the
+        // confirmations still on their way (the other channel) add nothing.
+        for (const r of this.requested.values()) {
+          this.bitmap.clearRange(r.offset, r.length);
+          this.progress.doneBytes += r.length;
+        }
+        this.requested.clear();
+        this.log.info({ bytes: this.progress.doneBytes, ms: Date.now() - this.progress.startedAtMs }, 'resync finished (source)');
+        this.hooks.done();
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  private async serve(id: number, offset: number, length: number): Promise<void> {
+    if (offset + length > this.store.size || length <= 0) {
+      this.io.send({ kind: 'neg-rs-reply', id, errno: 22 });
+      return;
+    }
+    const release = await this.writeLock.acquire(offset, length);
+    try {
+      if (this.stopped) return;
+      const data = await this.store.read(offset, length);
+      this.requested.set(id, { offset, length });
+      // Queued before the lock goes: no newer write can overtake it.
+      this.io.send({ kind: 'rs-data-reply', id, offset, payload: data });
+    } catch (e) {
+      this.log.warn({ offset, length, err: (e as Error).message }, 'resync read failed');
+      this.io.send({ kind: 'neg-rs-reply', id, errno: 5 });
+    } finally {
+      release();
+    }
+  }
+}

@@ -1,0 +1,211 @@
+/**
+ * The local replica of a resource: its data store and its metadata
+ * (superblock, one bitmap per peer slot, the activity log). Everything that
+ * must survive a crash is written here, in the order the guarantees need:
+ *
+ * - attach: the activity log of a node that crashed marks its hot extents in
+ *   every peer's bitmap (G3), and those bitmaps are saved, before the log is
+ *   reopened;
+ * - a write into a cold extent waits for the log's transaction (G3); an
+ *   extent leaves the log only after its bitmap bits are saved;
+ * - a new data generation (promotion while disconnected, losing a peer as
+ *   Primary) is saved before the write that needs it.
+ */
+import type { Logger } from 'pino';
+import { FileStore } from '../../native-free-io/file-store.js';
+import type { NodeConfig, ResourceConfig } from '../config/model.js';
+import { MirrorError } from '../errors.js';
+import {
+  AL_EXTENT_BYTES,
+  MD_FLAGS,
+  clearBitmapUuid,
+  newGeneration,
+  newUuid,
+  openMd,
+  rotateHistory,
+  type ActivityLog,
+  type Bitmap,
+  type MetaHandle,
+  type Superblock,
+  type UuidSet,
+} from '../meta/index.js';
+import type { SyncSide } from '../replication/sync-decision.js';
+import { readMdFlags, superblockWith, type MdChange } from './md-flags.js';
+
+export class Replica {
+  private constructor(
+    readonly meta: MetaHandle,
+    readonly store: FileStore,
+    readonly al: ActivityLog,
+    /** peer node-id -> slot index */
+    private readonly slots: Map<number, number>,
+    private readonly bitmaps: Map<number, Bitmap>,
+    private readonly log: Logger,
+    /** The metadata said the last run did not end cleanly as Primary. */
+    readonly crashedPrimary: boolean,
+  ) {}
+
+  static async attach(rc: ResourceConfig, local: NodeConfig, log: Logger): Promise<Replica> {
+    if (local.disk === null) throw new MirrorError('ERR_BAD_CONFIG', `${rc.name}: node ${local.name} has no disk`);
+    const meta = await openMd({ diskPath: local.disk, metaDisk: local.metaDisk });
+    try {
+      let sb = meta.superblock;
+      if (sb.nodeId !== local.nodeId) {
+        throw new MirrorError(
+          'ERR_MD_CORRUPT',
+          `${rc.name}: metadata on ${local.disk} belongs to node-id ${sb.nodeId}, but ${local.name} is node-id ${local.nodeId}; run create-md again if the config is right`,
+        );
+      }
+      // One bitmap slot per peer, assigned at first sight and kept.
+      const peers = rc.nodes.filter((n) => n.name !== local.name && n.disk !== null);
+      const slots = new Map<number, number>(sb.peers.map((p, i) => [p.nodeId, i]));
+      const next = [...sb.peers];
+      for (const p of peers) {
+        if (slots.has(p.nodeId)) continue;
+        if (next.length >= sb.maxPeers) {
+          throw new MirrorError('ERR_MD_TOO_SMALL', `${rc.name}: the metadata has bitmap slots for ${sb.maxPeers} peer(s); run create-md for the new set of nodes`);
+        }
+        slots.set(p.nodeId, next.length);
+        next.push({ nodeId: p.nodeId, flags: 0, bitmapUuid: 0n });
+      }
+      if (next.length !== sb.peers.length) {
+        sb = { ...sb, peers: next };
+        await meta.save(sb);
+      }
+      const bitmaps = new Map<number, Bitmap>();
+      for (const [nodeId, slot] of slots) bitmaps.set(nodeId, await meta.loadBitmap(slot));
+
+      // G3: a node that went down with writes in flight may have blocks that
+      // differ from its peers in its hot extents: mark them for every peer.
+      const recovered = await meta.recoverActivityLog();
+      const wasPrimary = (sb.flags & MD_FLAGS.PRIMARY_IND) !== 0;
+      if (!recovered.clean && recovered.extents.length > 0) {
+        for (const bm of bitmaps.values()) {
+          if (!recovered.complete) bm.setAll();
+          else for (const e of recovered.extents) bm.setRange(e * AL_EXTENT_BYTES, AL_EXTENT_BYTES);
+        }
+        log.warn({ extents: recovered.extents.length, complete: recovered.complete }, 'activity log: marked the hot extents of an unclean shutdown out of sync');
+      }
+      for (const [nodeId, slot] of slots) await meta.saveBitmap(slot, bitmaps.get(nodeId)!);
+      if (wasPrimary) {
+        sb = superblockWith(meta.superblock, { crashedPrimary: true });
+        await meta.save(sb);
+      }
+      const al = meta.openActivityLog({
+        recovered,
+        // An extent leaves the log only once the bits of its blocks are on disk.
+        beforeEvict: async (extent) => {
+          for (const [nodeId, slot] of slots) {
+            await meta.saveBitmap(slot, bitmaps.get(nodeId)!, { offset: extent * AL_EXTENT_BYTES, length: AL_EXTENT_BYTES });
+          }
+        },
+      });
+      const store = await FileStore.open(local.disk, { sizeLimitBytes: meta.layout.dataSizeBytes });
+      return new Replica(meta, store, al, slots, bitmaps, log, wasPrimary);
+    } catch (e) {
+      await meta.close().catch(() => undefined);
+      throw e;
+    }
+  }
+
+  get superblock(): Superblock {
+    return this.meta.superblock;
+  }
+
+  bitmapFor(peerNodeId: number): Bitmap {
+    const bm = this.bitmaps.get(peerNodeId);
+    if (!bm) throw new MirrorError('ERR_INTERNAL', `no bitmap slot for node-id ${peerNodeId}`);
+    return bm;
+  }
+
+  hasBitmapFor(peerNodeId: number): boolean {
+    return this.bitmaps.has(peerNodeId);
+  }
+
+  async saveBitmap(peerNodeId: number): Promise<void> {
+    const slot = this.slots.get(peerNodeId);
+    if (slot !== undefined) await this.meta.saveBitmap(slot, this.bitmapFor(peerNodeId));
+  }
+
+  async saveAllBitmaps(): Promise<void> {
+    for (const nodeId of this.slots.keys()) await this.saveBitmap(nodeId);
+  }
+
+  async change(c: MdChange): Promise<void> {
+    await this.meta.save(superblockWith(this.meta.superblock, c));
+  }
+
+  private uuidSet(): UuidSet {
+    const sb = this.meta.superblock;
+    return { current: sb.currentUuid, bitmap: sb.peers.map((p) => p.bitmapUuid), history: sb.historyUuids };
+  }
+
+  private async saveUuids(set: UuidSet, extra: MdChange = {}): Promise<void> {
+    const sb = superblockWith(this.meta.superblock, extra);
+    await this.meta.save({
+      ...sb,
+      currentUuid: set.current,
+      historyUuids: [set.history[0], set.history[1]],
+      peers: sb.peers.map((p, i) => ({ ...p, bitmapUuid: set.bitmap[i] ?? 0n })),
+    });
+  }
+
+  /**
+   * Start a new data generation because the peers in `awayNodeIds` will miss
+   * the writes that follow (DRBD: a Primary that loses a peer, or is
+   * promoted without one).
+   */
+  async newGenerationFor(awayNodeIds: number[]): Promise<void> {
+    const away = awayNodeIds.map((id) => this.slots.get(id)).filter((s): s is number => s !== undefined);
+    const set = newGeneration(this.uuidSet(), away, newUuid());
+    await this.saveUuids(set);
+    this.log.info({ current: set.current.toString(16), away: awayNodeIds }, 'new data generation');
+  }
+
+  /** A SyncTarget finished: adopt the source's generation; the data is good again. */
+  async adoptGeneration(sourceCurrent: bigint, peerNodeId: number): Promise<void> {
+    const set = this.uuidSet();
+    const slot = this.slots.get(peerNodeId);
+    const next: UuidSet = {
+      current: sourceCurrent,
+      bitmap: set.bitmap.map((b, i) => (i === slot ? 0n : b)),
+      history: set.current === sourceCurrent ? set.history : rotateHistory(set.history, set.current),
+    };
+    await this.saveUuids(next, { consistent: true, wasUpToDate: true });
+  }
+
+  /** A SyncSource finished: its bitmap for the peer is clean, the bitmap UUID retires. */
+  async bitmapClean(peerNodeId: number): Promise<void> {
+    const slot = this.slots.get(peerNodeId);
+    if (slot === undefined) return;
+    await this.saveUuids(clearBitmapUuid(this.uuidSet(), slot));
+  }
+
+  syncSide(peerNodeId: number, primaryNow: boolean): SyncSide {
+    const sb = this.meta.superblock;
+    const f = readMdFlags(sb);
+    const slot = this.slots.get(peerNodeId);
+    return {
+      current: sb.currentUuid,
+      bitmap: slot === undefined ? 0n : (sb.peers[slot]?.bitmapUuid ?? 0n),
+      history: sb.historyUuids,
+      flags: { consistent: f.consistent, wasUpToDate: f.wasUpToDate, crashedPrimary: f.crashedPrimary, primary: primaryNow },
+      dirtyBlocks: this.bitmaps.get(peerNodeId)?.countSet() ?? 0,
+    };
+  }
+
+  /** Clean shutdown: empty activity log, bitmaps and flags on disk, everything closed. */
+  async close(clean: boolean): Promise<void> {
+    try {
+      await this.store.flush().catch(() => undefined);
+      if (clean) {
+        await this.saveAllBitmaps();
+        await this.al.clean();
+        await this.change({ primary: false, crashedPrimary: false });
+      }
+    } finally {
+      await this.store.close();
+      await this.meta.close();
+    }
+  }
+}
