@@ -23,6 +23,7 @@ export type ErrorCode =
   | 'ERR_NOT_UP'
   | 'ERR_TWO_PRIMARIES'
   | 'ERR_SPLIT_BRAIN'
+  | 'ERR_NOT_CONNECTED'
   // daemon and control plane
   | 'ERR_DAEMON_UNREACHABLE'
   | 'ERR_DAEMON_RUNNING'

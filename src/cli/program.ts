@@ -15,6 +15,7 @@ import { createMd, formatMd, openMd } from '../meta/index.js';
 import type { ResourceStatus } from '../resource/status.js';
 import { callDaemon, daemonAnswers, type ControlCall } from './control-client.js';
 import { ensureDaemon } from './daemon-launcher.js';
+import { followEvents } from './events.js';
 import { formatBytes, formatStatus } from './format-status.js';
 import { runDaemon } from './run-daemon.js';
 
@@ -144,9 +145,50 @@ export function buildProgram(): Command {
       }
       await watch(async () => {
         const text = show(await fetch());
-        if (!o.json && process.stdout.isTTY) process.stdout.write('\x1b[2J\x1b[H');
+        // A terminal gets a screen redrawn in place, headed like watch(1);
+        // a pipe gets plain successive blocks (or JSON lines) to parse.
+        if (!o.json && process.stdout.isTTY) {
+          const every = `Every ${STATUS_WATCH_INTERVAL_MS / 1000}s: mirrorbd status${name ? ` ${name}` : ''} on ${g.node}`;
+          process.stdout.write(`\x1b[2J\x1b[H${every}   ${new Date().toLocaleTimeString()}   (Ctrl-C to stop)\n\n`);
+        }
         process.stdout.write(`${text}\n`);
       });
+    });
+
+  const simple: Array<[string, string]> = [
+    ['verify', 'online verify: compare digests with the peers, mark blocks that differ (status and events show the count)'],
+    ['invalidate', 'mark the local data Inconsistent: a full resync from a peer follows'],
+    ['invalidate-remote', "mark the peers' data Inconsistent: a full resync to them follows"],
+    ['pause-sync', 'pause a running resync'],
+    ['resume-sync', 'resume a paused resync'],
+  ];
+  for (const [verb, description] of simple) {
+    program
+      .command(verb)
+      .argument('<resource>')
+      .description(description)
+      .action(async (name: string) => {
+        await call({ cmd: verb, resource: name } as ControlCall);
+      });
+  }
+
+  program
+    .command('new-current-uuid')
+    .argument('<resource>')
+    .option('--clear-bitmap', 'two fresh, connected disks known to be equal: skip the initial sync, both UpToDate')
+    .description('start a new data generation (connected peers take it too)')
+    .action(async (name: string, o: { clearBitmap?: boolean }) => {
+      await call({ cmd: 'new-current-uuid', resource: name, clearBitmap: o.clearBitmap === true });
+    });
+
+  program
+    .command('events')
+    .argument('[resource]')
+    .option('--json', 'one JSON object per line (docs/events.md)')
+    .description('follow state changes as they happen, in order, until interrupted')
+    .action(async (name: string | undefined, o: { json?: boolean }) => {
+      const { socket } = await ctx();
+      await followEvents(socket, name ?? null, o.json === true, (line) => process.stdout.write(`${line}\n`));
     });
 
   program

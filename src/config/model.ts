@@ -26,6 +26,10 @@ export interface NetOptions {
   sharedSecret: string | null;
   /** Per-packet checksum of replicated data ('crc32c'), checked by the receiver; 'none' by default. */
   dataIntegrityAlg: 'none' | 'crc32c';
+  /** Digest for online verify. */
+  verifyAlg: 'crc32c' | 'md5' | 'sha1' | 'sha256';
+  /** Digest for checksum-based resync; 'none' copies every marked block. */
+  csumsAlg: 'none' | 'crc32c' | 'md5' | 'sha1' | 'sha256';
   /** HMAC used for the peer challenge when a shared secret is set. */
   cramHmacAlg: CramHmacAlg;
 }

@@ -113,6 +113,10 @@ export const SECTIONS: Readonly<Record<SectionName, SectionRule>> = {
       { key: 'cram-hmac-alg', field: 'cramHmacAlg', type: v.keyword(['sha256', 'sha1']), default: 'sha256' },
       // A crc32c of every replicated block, checked by the receiver.
       { key: 'data-integrity-alg', field: 'dataIntegrityAlg', type: v.keyword(['none', 'crc32c']), default: 'none' },
+      // Online verify compares digests of both sides' blocks.
+      { key: 'verify-alg', field: 'verifyAlg', type: v.keyword(['crc32c', 'md5', 'sha1', 'sha256']), default: 'crc32c' },
+      // Checksum-based resync: only blocks whose digests differ move ('none': off).
+      { key: 'csums-alg', field: 'csumsAlg', type: v.keyword(['none', 'crc32c', 'md5', 'sha1', 'sha256']), default: 'none' },
     ],
   },
   disk: {

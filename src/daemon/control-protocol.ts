@@ -7,6 +7,9 @@
  *   -> {"id":1,"cmd":"primary","resource":"r0","force":true}
  *   <- {"id":1,"ok":true,"result":{...}}
  *   <- {"id":1,"ok":false,"error":{"code":"ERR_NOT_UP_TO_DATE","message":"...","details":{}}}
+ *
+ * `events` answers once and then keeps the connection for the stream: one
+ * {"event":{...}} line per state change, in order, until the client closes.
  */
 import { MirrorError, type ErrorCode } from '../errors.js';
 
@@ -20,8 +23,15 @@ export type ControlRequest =
   | { id: number; cmd: 'primary'; resource: string; force: boolean }
   | { id: number; cmd: 'secondary'; resource: string; force: boolean }
   | { id: number; cmd: 'connect'; resource: string }
+  | { id: number; cmd: 'verify'; resource: string }
+  | { id: number; cmd: 'invalidate'; resource: string }
+  | { id: number; cmd: 'invalidate-remote'; resource: string }
+  | { id: number; cmd: 'pause-sync'; resource: string }
+  | { id: number; cmd: 'resume-sync'; resource: string }
+  | { id: number; cmd: 'new-current-uuid'; resource: string; clearBitmap: boolean }
   | { id: number; cmd: 'disconnect'; resource: string }
   | { id: number; cmd: 'status'; resource: string | null }
+  | { id: number; cmd: 'events'; resource: string | null }
   | { id: number; cmd: 'shutdown' };
 
 export type ControlCommand = ControlRequest['cmd'];
@@ -36,9 +46,10 @@ export type ControlResponse =
   | { id: number | null; ok: true; result: unknown }
   | { id: number | null; ok: false; error: ControlErrorBody };
 
-const RESOURCE_COMMANDS = new Set(['up', 'down', 'primary', 'secondary', 'connect', 'disconnect']);
+const SIMPLE_RESOURCE_COMMANDS = ['down', 'connect', 'disconnect', 'verify', 'invalidate', 'invalidate-remote', 'pause-sync', 'resume-sync'] as const;
+const RESOURCE_COMMANDS = new Set<string>(['up', 'primary', 'secondary', 'new-current-uuid', ...SIMPLE_RESOURCE_COMMANDS]);
 const FORCE_COMMANDS = new Set(['primary', 'secondary']);
-const ALL_COMMANDS = new Set(['ping', 'up', 'down', 'primary', 'secondary', 'connect', 'disconnect', 'status', 'shutdown']);
+const ALL_COMMANDS = new Set<string>(['ping', 'status', 'events', 'shutdown', ...RESOURCE_COMMANDS]);
 
 export type DecodedRequest = { ok: true; request: ControlRequest } | { ok: false; id: number | null; error: MirrorError };
 
@@ -78,11 +89,20 @@ export function decodeRequest(line: string): DecodedRequest {
     case 'down':
     case 'connect':
     case 'disconnect':
+    case 'verify':
+    case 'invalidate':
+    case 'invalidate-remote':
+    case 'pause-sync':
+    case 'resume-sync':
       return { ok: true, request: { id, cmd, resource: o.resource as string } };
+    case 'new-current-uuid':
+      if (o.clearBitmap !== undefined && typeof o.clearBitmap !== 'boolean') return bad(id, '"clearBitmap" must be true or false');
+      return { ok: true, request: { id, cmd, resource: o.resource as string, clearBitmap: o.clearBitmap === true } };
     case 'primary':
     case 'secondary':
       return { ok: true, request: { id, cmd, resource: o.resource as string, force: o.force === true } };
     case 'status':
+    case 'events':
       if (o.resource !== undefined && o.resource !== null && typeof o.resource !== 'string') return bad(id, '"resource" must be a string');
       return { ok: true, request: { id, cmd, resource: typeof o.resource === 'string' ? o.resource : null } };
     default:

@@ -5,6 +5,7 @@
 import net from 'node:net';
 import { promises as fsp } from 'node:fs';
 import type { Logger } from 'pino';
+import type { MirrorEvent, Subscriber } from './event-bus.js';
 import {
   LineSplitter,
   decodeRequest,
@@ -16,6 +17,12 @@ import {
 
 export type ControlHandler = (request: ControlRequest) => Promise<unknown>;
 
+/** Subscribes a connection to the event stream; returns the unsubscribe function. */
+export type EventSubscribe = (resource: string | null, sub: Subscriber) => () => void;
+
+/** A subscriber whose unsent events pass this is too slow and is dropped. */
+export const MAX_EVENT_BACKLOG_BYTES = 4 * 1024 * 1024;
+
 export const CONTROL_SOCKET_MODE = 0o600;
 
 export class ControlServer {
@@ -26,6 +33,7 @@ export class ControlServer {
     private readonly path: string,
     private readonly handler: ControlHandler,
     private readonly log: Logger,
+    private readonly subscribe: EventSubscribe,
   ) {
     this.server = net.createServer((socket) => this.accept(socket));
   }
@@ -78,6 +86,10 @@ export class ControlServer {
           continue;
         }
         const { request } = decoded;
+        if (request.cmd === 'events') {
+          this.streamEvents(socket, request.id, request.resource);
+          continue;
+        }
         this.handler(request).then(
           (result) => send({ id: request.id, ok: true, result: result ?? null }),
           (e: unknown) => send(errorResponse(request.id, e)),
@@ -86,5 +98,22 @@ export class ControlServer {
     });
     socket.on('error', () => socket.destroy());
     socket.on('close', () => this.sockets.delete(socket));
+  }
+
+  private streamEvents(socket: net.Socket, id: number, resource: string | null): void {
+    const sub: Subscriber = {
+      resource,
+      deliver: (e: MirrorEvent) => {
+        if (socket.destroyed) return true;
+        socket.write(`${JSON.stringify({ event: e })}\n`);
+        return socket.writableLength <= MAX_EVENT_BACKLOG_BYTES;
+      },
+      drop: (reason) => {
+        socket.end(encodeResponse({ id, ok: false, error: { code: 'ERR_BAD_COMMAND', message: reason, details: {} } }));
+      },
+    };
+    const unsubscribe = this.subscribe(resource, sub);
+    socket.once('close', unsubscribe);
+    socket.write(encodeResponse({ id, ok: true, result: { subscribed: true } }));
   }
 }

@@ -13,6 +13,7 @@ import { Resource } from '../resource/resource.js';
 import type { ResourceStatus } from '../resource/status.js';
 import type { ControlRequest } from './control-protocol.js';
 import { ControlServer } from './control-server.js';
+import { EventBus } from './event-bus.js';
 import { claimPidFile, daemonPaths, type DaemonPaths } from './run-dir.js';
 
 export interface DaemonOptions {
@@ -32,6 +33,7 @@ export class Daemon {
   /** Serialises state-changing commands: one `up`/`primary`/... at a time. */
   private queue: Promise<unknown> = Promise.resolve();
   private readonly stoppedCallbacks: Array<() => void> = [];
+  readonly events = new EventBus();
 
   constructor(private readonly opts: DaemonOptions) {
     this.paths = daemonPaths(opts.runDir, opts.node);
@@ -41,7 +43,9 @@ export class Daemon {
   async start(): Promise<void> {
     await fsp.mkdir(this.opts.runDir, { recursive: true, mode: 0o755 });
     await claimPidFile(this.paths);
-    this.control = new ControlServer(this.paths.socket, (r) => this.handle(r), this.opts.log.child({ part: 'control' }));
+    this.control = new ControlServer(this.paths.socket, (r) => this.handle(r), this.opts.log.child({ part: 'control' }), (_res, sub) =>
+      this.events.subscribe(sub),
+    );
     await this.control.listen();
     this.opts.log.info({ pid: process.pid, socket: this.paths.socket }, 'daemon started');
   }
@@ -85,6 +89,24 @@ export class Daemon {
       case 'disconnect':
         await this.get(req.resource).disconnect();
         return null;
+      case 'verify':
+        this.get(req.resource).verify();
+        return null;
+      case 'invalidate':
+        await this.get(req.resource).invalidate();
+        return null;
+      case 'invalidate-remote':
+        await this.get(req.resource).invalidateRemote();
+        return null;
+      case 'pause-sync':
+        this.get(req.resource).pauseSync();
+        return null;
+      case 'resume-sync':
+        this.get(req.resource).resumeSync();
+        return null;
+      case 'new-current-uuid':
+        await this.get(req.resource).newCurrentUuid(req.clearBitmap);
+        return null;
       case 'shutdown':
         setImmediate(() => void this.shutdown('shutdown requested'));
         return null;
@@ -98,7 +120,9 @@ export class Daemon {
     const config = await loadConfig(path.resolve(configFile));
     const rc = findResource(config, name);
     const local = localNode(rc, this.opts.node);
-    const resource = new Resource(rc, local, this.nbd, this.opts.log.child({ resource: name }));
+    const resource = new Resource(rc, local, this.nbd, this.opts.log.child({ resource: name }), (e) =>
+      this.events.emit({ ...e, resource: name }),
+    );
     await resource.up();
     this.resources.set(name, resource);
     return resource.status();

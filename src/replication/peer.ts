@@ -10,6 +10,7 @@
  */
 import net from 'node:net';
 import type { Logger } from 'pino';
+import { MirrorError } from '../errors.js';
 import type { NetOptions, NodeConfig } from '../config/model.js';
 import { PeerChannel } from './channel.js';
 import {
@@ -25,6 +26,7 @@ import { Receiver } from './receiver.js';
 import { ResyncSource, ResyncTarget, type ResyncProgress } from './resync.js';
 import { decideSync, describeSyncDecision, isSplitBrain, type SyncDecision, type SyncSide } from './sync-decision.js';
 import { TransferLog, type PeerOutcome } from './transfer-log.js';
+import { VerifySource, answerVerify, type DigestAlg, type VerifyProgress } from './verify.js';
 import {
   FEATURES,
   UUID_FLAGS,
@@ -51,6 +53,8 @@ export interface PeerOptions {
   resyncRateBytesPerSec: number;
   maxPayloadBytes: number;
   log: Logger;
+  /** State changes for the event stream. */
+  onEvent?: (e: { type: string; [field: string]: unknown }) => void;
 }
 
 export type WriteKind = 'data' | 'zeroes' | 'trim';
@@ -75,6 +79,7 @@ interface Session {
   receiver: Receiver | null;
   source: ResyncSource | null;
   target: ResyncTarget | null;
+  verify: VerifySource | null;
   /** Replicated writes flow to the peer (it is UpToDate or a SyncTarget). */
   replicating: boolean;
   peerUuids: UuidsPacket | null;
@@ -94,6 +99,8 @@ export interface PeerStatusFacts {
   peerDisk: WireDiskState | 'DUnknown';
   outOfSyncBytes: number;
   resync: ResyncProgress | null;
+  /** The running or last finished online verify. */
+  verify: VerifyProgress | null;
   lastDecision: string | null;
   lastError: string | null;
   splitBrain: boolean;
@@ -112,6 +119,7 @@ export class Peer {
   private dialTimer: NodeJS.Timeout | null = null;
   private dialing = false;
   private lastDecision: string | null = null;
+  private lastVerify: VerifyProgress | null = null;
   private lastError: string | null = null;
   private splitBrain = false;
   private bytesSentTotal = 0;
@@ -165,13 +173,19 @@ export class Peer {
   private setConnection(to: ConnectionState): void {
     const from = this.connection;
     this.connection = transitionConnection(from, to);
-    if (from !== to) this.log.info({ from, to }, 'connection state');
+    if (from !== to) {
+      this.log.info({ from, to }, 'connection state');
+      this.o.onEvent?.({ type: 'connection', from, to });
+    }
   }
 
   private setReplication(to: ReplicationState): void {
     const from = this.replication;
     this.replication = transitionReplication(from, to);
-    if (from !== to) this.log.info({ from, to }, 'replication state');
+    if (from !== to) {
+      this.log.info({ from, to }, 'replication state');
+      this.o.onEvent?.({ type: 'replication', from, to });
+    }
   }
 
   private clearDial(): void {
@@ -287,6 +301,7 @@ export class Peer {
       receiver: null,
       source: null,
       target: null,
+      verify: null,
       replicating: false,
       peerUuids: null,
       barrierWaiters: new Map(),
@@ -340,6 +355,7 @@ export class Peer {
       const reason = (e as Error).message;
       this.lastError = reason;
       this.log.warn({ reason }, 'handshake failed');
+      this.o.onEvent?.({ type: 'handshake-failed', reason, splitBrain: this.splitBrain });
       await this.endSession(s, reason);
       if (e instanceof StandAloneError && this.connection !== 'StandAlone') {
         this.clearDial();
@@ -360,7 +376,13 @@ export class Peer {
     if (side.flags.primary) flags |= UUID_FLAGS.PRIMARY;
     if (side.flags.crashedPrimary) flags |= UUID_FLAGS.CRASHED_PRIMARY;
     return {
-      params: { kind: 'params', protocol: this.protocol, flags: 0, csumsAlg: '', verifyAlg: '' },
+      params: {
+        kind: 'params',
+        protocol: this.protocol,
+        flags: 0,
+        csumsAlg: this.o.net.csumsAlg === 'none' ? '' : this.o.net.csumsAlg,
+        verifyAlg: this.o.net.verifyAlg,
+      },
       sizes: { kind: 'sizes', dataSizeBytes: store?.size ?? 0, maxPayloadBytes: this.o.maxPayloadBytes },
       uuids: {
         kind: 'uuids',
@@ -403,6 +425,7 @@ export class Peer {
     });
     this.lastDecision = describeSyncDecision(decision);
     this.log.info({ strategy: decision.strategy, rule: decision.rule }, `sync decision: ${this.lastDecision}`);
+    this.o.onEvent?.({ type: 'sync-decision', strategy: decision.strategy, rule: decision.rule, byUuids: decision.byUuids ?? null });
     return decision;
   }
 
@@ -445,11 +468,11 @@ export class Peer {
       this.setReplication('SyncSource');
       s.source = new ResyncSource(store, bitmap, port.writeLock, { send: (p) => this.send(s, p) }, {
         done: () => void this.resyncDone(s, 'source'),
-      }, this.log);
+      }, this.log, this.csumsAlg());
     } else {
       this.setReplication('SyncTarget');
       s.target = new ResyncTarget(store, bitmap, port.applyLock, { send: (p) => this.send(s, p) },
-        { rateBytesPerSec: this.o.resyncRateBytesPerSec },
+        { rateBytesPerSec: this.o.resyncRateBytesPerSec, csumsAlg: this.csumsAlg() },
         {
           done: () => void this.resyncDone(s, 'target'),
           failed: (reason) => void this.endSession(s, `resync failed: ${reason}`),
@@ -458,13 +481,19 @@ export class Peer {
     }
   }
 
+  private csumsAlg(): DigestAlg | null {
+    return this.o.net.csumsAlg === 'none' ? null : this.o.net.csumsAlg;
+  }
+
   private async resyncDone(s: Session, role: SyncRole): Promise<void> {
     if (s.closed) return;
     const sourceCurrent = role === 'target' ? (s.peerUuids?.current ?? 0n) : this.o.port.syncSide(this.nodeId).current;
     await this.o.port.syncFinished(this.nodeId, role, sourceCurrent);
     if (s.closed) return;
+    const progress = s.source?.progress ?? s.target?.progress;
     s.source = null;
     s.target = null;
+    this.o.onEvent?.({ type: 'resync-done', role, bytes: progress?.doneBytes ?? 0, ms: progress ? Date.now() - progress.startedAtMs : 0 });
     this.setReplication('Established');
     if (role === 'target') this.send(s, { kind: 'state', role: this.o.port.role(), disk: this.o.port.disk() });
     else this.peerDisk = 'UpToDate';
@@ -478,6 +507,7 @@ export class Peer {
     if (s.pingDeadline) clearTimeout(s.pingDeadline);
     s.source?.stop();
     s.target?.stop();
+    s.verify?.stop();
     this.bytesSentTotal += s.data.bytesSent + s.meta.bytesSent;
     this.bytesReceivedTotal += s.data.bytesReceived + s.meta.bytesReceived;
     // G1: what the peer did not confirm is marked before anyone hears the
@@ -517,14 +547,29 @@ export class Peer {
     if (s.receiver?.handle(p)) return;
     if (s.source?.handle(p)) return;
     if (s.target?.handle(p)) return;
+    if (s.verify?.handle(p)) return;
     switch (p.kind) {
       case 'state':
         this.peerRole = p.role;
         this.peerDisk = p.disk;
         if (p.disk === 'UpToDate' && this.replication === 'Established') s.replicating = true;
         return;
+      case 'ov-request':
+        if (this.replication === 'Established') this.setReplication('VerifyT');
+        if (this.o.port.store()) void answerVerify(this.o.port.store()!, this.o.net.verifyAlg, p, { send: (x) => this.send(s, x) });
+        return;
       case 'sync-done':
-        // a resync that already ended here
+        // the end of a verify we answered, or of a resync that already ended here
+        if (this.replication === 'VerifyT') this.setReplication('Established');
+        return;
+      case 'sync-pause':
+        this.pauseLocal(s);
+        return;
+      case 'sync-resume':
+        this.resumeLocal(s);
+        return;
+      case 'uuids':
+        if (p.flags & UUID_FLAGS.ADOPT_CURRENT) void this.adopt(s, p.current);
         return;
       default:
         this.log.warn({ kind: p.kind }, 'unexpected packet on the data channel');
@@ -636,6 +681,94 @@ export class Peer {
     return done;
   }
 
+  // --- operator actions on a connected peer -----------------------------------------
+
+  private established(): Session {
+    const s = this.session;
+    if (!s || s.closed || this.connection !== 'Connected') {
+      throw new MirrorError('ERR_NOT_CONNECTED', `${this.o.port.resource}: not connected to ${this.name}`);
+    }
+    return s;
+  }
+
+  /** Online verify against this peer; the result arrives as an event and in status. */
+  startVerify(): void {
+    const s = this.established();
+    const store = this.o.port.store();
+    if (this.replication !== 'Established' || !store) {
+      throw new MirrorError('ERR_ROLE', `${this.o.port.resource}: verify needs an established connection without a resync (now ${this.replication})`);
+    }
+    this.setReplication('VerifyS');
+    s.verify = new VerifySource(store, this.o.port.bitmapFor(this.nodeId), this.o.net.verifyAlg, { send: (p) => this.send(s, p) },
+      (progress: VerifyProgress) => {
+        if (s.closed) return;
+        this.lastVerify = { ...progress };
+        this.send(s, { kind: 'sync-done' });
+        this.setReplication('Established');
+        this.o.onEvent?.({ type: 'verify-done', outOfSyncBlocks: progress.outOfSyncBlocks, bytes: progress.totalBytes, ms: Date.now() - progress.startedAtMs });
+        void this.o.port.saveBitmap(this.nodeId);
+      }, this.log);
+    s.verify.start();
+  }
+
+  pauseSync(): void {
+    const s = this.established();
+    if (!s.source && !s.target) throw new MirrorError('ERR_ROLE', `${this.o.port.resource}: no resync with ${this.name} to pause`);
+    this.send(s, { kind: 'sync-pause' });
+    this.pauseLocal(s);
+  }
+
+  resumeSync(): void {
+    const s = this.established();
+    this.send(s, { kind: 'sync-resume' });
+    this.resumeLocal(s);
+  }
+
+  private pauseLocal(s: Session): void {
+    if (s.target) {
+      s.target.pause();
+      if (this.replication === 'SyncTarget') this.setReplication('PausedSyncT');
+    } else if (s.source) {
+      s.source.progress.paused = true;
+      if (this.replication === 'SyncSource') this.setReplication('PausedSyncS');
+    }
+  }
+
+  private resumeLocal(s: Session): void {
+    if (s.target) {
+      if (this.replication === 'PausedSyncT') this.setReplication('SyncTarget');
+      s.target.resume();
+    } else if (s.source) {
+      s.source.progress.paused = false;
+      if (this.replication === 'PausedSyncS') this.setReplication('SyncSource');
+    }
+  }
+
+  /** Tell the peer to take `current` as its generation (new-current-uuid). */
+  sendAdopt(current: bigint): void {
+    const s = this.established();
+    const side = this.o.port.syncSide(this.nodeId);
+    this.send(s, {
+      kind: 'uuids',
+      current,
+      bitmap: 0n,
+      history: [side.history[0], side.history[1]],
+      flags: UUID_FLAGS.ADOPT_CURRENT | UUID_FLAGS.CONSISTENT | UUID_FLAGS.WAS_UP_TO_DATE,
+      dirtyBlocks: 0,
+    });
+  }
+
+  private async adopt(s: Session, current: bigint): Promise<void> {
+    if (this.replication !== 'Established') {
+      this.log.warn({ replication: this.replication }, 'ignored a generation to adopt outside an established connection');
+      return;
+    }
+    await this.o.port.adoptCurrent(this.nodeId, current);
+    if (s.closed) return;
+    s.replicating = true;
+    this.announceState();
+  }
+
   /** Tell the peer our role/disk changed (it shows them in its status). */
   announceState(): void {
     const s = this.session;
@@ -645,6 +778,7 @@ export class Peer {
   status(): PeerStatusFacts {
     const s = this.session;
     const resync = s?.target?.progress ?? s?.source?.progress ?? null;
+    const verify = s?.verify && !s.verify.progress.finished ? s.verify.progress : this.lastVerify;
     return {
       node: this.name,
       nodeId: this.nodeId,
@@ -654,6 +788,7 @@ export class Peer {
       peerDisk: this.peerDisk,
       outOfSyncBytes: this.o.port.store() ? this.o.port.bitmapFor(this.nodeId).bytesOutOfSync() : 0,
       resync,
+      verify,
       lastDecision: this.lastDecision,
       lastError: this.lastError,
       splitBrain: this.splitBrain,

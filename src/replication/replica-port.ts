@@ -36,6 +36,8 @@ export interface ReplicaPort {
   peerLost(peerNodeId: number, wasReplicating: boolean): Promise<void>;
   /** The local disk failed under replication traffic. */
   diskFailed(op: string, error: unknown): void;
+  /** The peer says both disks hold the same data: take `current` as ours (new-current-uuid). */
+  adoptCurrent(peerNodeId: number, current: bigint): Promise<void>;
   /** Persist the bitmap of this peer (dirty pages only). */
   saveBitmap(peerNodeId: number): Promise<void>;
 }

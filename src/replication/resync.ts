@@ -19,6 +19,7 @@ import type { BlockStore } from '../../native-free-io/block-store.js';
 import { BITMAP_BLOCK_BYTES, type Bitmap } from '../meta/index.js';
 import type { RangeLock } from './range-lock.js';
 import type { Packet } from './wire/index.js';
+import { digest, type DigestAlg } from './verify.js';
 
 export const DEFAULT_RESYNC_REQUEST_BYTES = 256 * 1024;
 export const DEFAULT_RESYNC_IN_FLIGHT_BYTES = 8 * 1024 * 1024;
@@ -42,6 +43,8 @@ export interface ResyncProgress {
 export interface ResyncTargetOptions {
   /** Bytes per second; 0 for no limit. */
   rateBytesPerSec: number;
+  /** Checksum-based resync: send the digest of our block, get data only if it differs. */
+  csumsAlg?: DigestAlg | null;
   requestBytes?: number;
   maxInFlightBytes?: number;
 }
@@ -144,6 +147,17 @@ export class ResyncTarget {
     return r > 0 ? Math.max(this.requestBytes, r / 10) : Number.POSITIVE_INFINITY;
   }
 
+  /** csums-alg: our digest goes out; the source answers RS_IS_IN_SYNC or the data. */
+  private async requestByDigest(id: number, offset: number, length: number, alg: DigestAlg): Promise<void> {
+    let d: Buffer;
+    try {
+      d = digest(alg, await this.store.read(offset, length));
+    } catch {
+      d = Buffer.alloc(0); // unreadable here: never equal, so the data comes
+    }
+    if (!this.stopped) this.io.send({ kind: 'csum-rs-request', id, offset, length, digest: d });
+  }
+
   private async applyReply(id: number, req: Outstanding, payload: Buffer): Promise<void> {
     const release = await this.lock.acquire(req.offset, req.length);
     try {
@@ -182,7 +196,8 @@ export class ResyncTarget {
       this.outstanding.set(id, { offset, length });
       this.inFlightBytes += length;
       this.tokens -= length;
-      this.io.send({ kind: 'rs-data-request', id, offset, length });
+      if (this.opts.csumsAlg) void this.requestByDigest(id, offset, length, this.opts.csumsAlg);
+      else this.io.send({ kind: 'rs-data-request', id, offset, length });
     }
     if (this.outstanding.size === 0 && this.bitmap.nextSetRun(this.cursor) === null) {
       // Bits set behind the cursor since (a failed write): go round again.
@@ -213,6 +228,8 @@ export interface ResyncSourceHooks {
 
 export class ResyncSource {
   private readonly requested = new Map<number, Outstanding>();
+  /** csums-alg: bytes found equal and not sent. */
+  sameBytes = 0;
   readonly progress: ResyncProgress;
   private stopped = false;
 
@@ -224,6 +241,7 @@ export class ResyncSource {
     private readonly io: ResyncIo,
     private readonly hooks: ResyncSourceHooks,
     private readonly log: Logger,
+    private readonly csumsAlg: DigestAlg | null = null,
   ) {
     this.progress = { totalBytes: bitmap.bytesOutOfSync(), doneBytes: 0, startedAtMs: Date.now(), paused: false };
   }
@@ -236,7 +254,10 @@ export class ResyncSource {
   handle(p: Packet): boolean {
     switch (p.kind) {
       case 'rs-data-request':
-        void this.serve(p.id, p.offset, p.length);
+        void this.serve(p.id, p.offset, p.length, null);
+        return true;
+      case 'csum-rs-request':
+        void this.serve(p.id, p.offset, p.length, p.digest);
         return true;
       case 'rs-write-ack': {
         const r = this.requested.get(p.id);
@@ -263,7 +284,8 @@ export class ResyncSource {
     }
   }
 
-  private async serve(id: number, offset: number, length: number): Promise<void> {
+  /** Read and answer; with the target's digest, answer RS_IS_IN_SYNC when ours matches. */
+  private async serve(id: number, offset: number, length: number, theirDigest: Buffer | null): Promise<void> {
     if (offset + length > this.store.size || length <= 0) {
       this.io.send({ kind: 'neg-rs-reply', id, errno: 22 });
       return;
@@ -272,6 +294,13 @@ export class ResyncSource {
     try {
       if (this.stopped) return;
       const data = await this.store.read(offset, length);
+      if (theirDigest !== null && this.csumsAlg !== null && theirDigest.length > 0 && digest(this.csumsAlg, data).equals(theirDigest)) {
+        this.bitmap.clearRange(offset, length);
+        this.progress.doneBytes += length;
+        this.sameBytes += length;
+        this.io.send({ kind: 'rs-is-in-sync', id, offset, length });
+        return;
+      }
       this.requested.set(id, { offset, length });
       // Queued before the lock goes: no newer write can overtake it.
       this.io.send({ kind: 'rs-data-reply', id, offset, payload: data });

@@ -17,6 +17,7 @@ export function peerStatus(node: NodeConfig, facts: PeerStatusFacts | null, nowM
       outOfSyncBytes: null,
       syncDonePercent: null,
       resync: null,
+      verify: null,
       lastDecision: null,
       lastError: null,
       splitBrain: false,
@@ -50,6 +51,14 @@ export function peerStatus(node: NodeConfig, facts: PeerStatusFacts | null, nowM
     outOfSyncBytes: facts.outOfSyncBytes,
     syncDonePercent,
     resync,
+    verify: facts.verify
+      ? {
+          doneBytes: facts.verify.doneBytes,
+          totalBytes: facts.verify.totalBytes,
+          outOfSyncBlocks: facts.verify.outOfSyncBlocks,
+          finished: facts.verify.finished,
+        }
+      : null,
     lastDecision: facts.lastDecision,
     lastError: facts.lastError,
     splitBrain: facts.splitBrain,

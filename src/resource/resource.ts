@@ -39,6 +39,10 @@ export function formatNbdAddress(a: NbdAddress): string {
 
 const EMPTY_IO = { reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, flushes: 0, trims: 0, zeroes: 0, errors: 0 };
 
+/** A state change for the event stream (the daemon adds resource, sequence and time). */
+export type ResourceEvent = { type: string; [field: string]: unknown };
+export type EmitEvent = (e: ResourceEvent) => void;
+
 export class Resource {
   private role: Role = 'Secondary';
   private disk: DiskState = 'Diskless';
@@ -57,7 +61,20 @@ export class Resource {
     readonly local: NodeConfig,
     private readonly nbd: NbdServer,
     private readonly log: Logger,
+    private readonly emit: EmitEvent = () => undefined,
   ) {}
+
+  private setDisk(to: DiskState, reason: string): void {
+    const from = this.disk;
+    this.disk = transitionDisk(from, to);
+    if (from !== to) this.emit({ type: 'disk', from, to, reason });
+  }
+
+  private setRole(to: Role, reason: string): void {
+    const from = this.role;
+    this.role = transitionRole(from, to);
+    if (from !== to) this.emit({ type: 'role', from, to, reason });
+  }
 
   get name(): string {
     return this.config.name;
@@ -79,7 +96,7 @@ export class Resource {
     if (this.local.disk === null) {
       throw new MirrorError('ERR_BAD_CONFIG', `${this.name}: node ${this.local.name} is diskless (disk none); diskless nodes are not supported yet`);
     }
-    this.disk = transitionDisk(this.disk, 'Attaching');
+    this.setDisk('Attaching', 'attach');
     const replica = await Replica.attach(this.config, this.local, this.log);
     this.replica = replica;
     if (replica.crashedPrimary) this.log.warn('metadata says the last Primary run did not end cleanly: crashed primary');
@@ -102,7 +119,7 @@ export class Resource {
         ioFailed: (op, e) => this.log.warn({ op, err: e }, 'I/O failed'),
       },
     );
-    this.disk = transitionDisk(this.disk, diskStateFromFlags(readMdFlags(replica.superblock)));
+    this.setDisk(diskStateFromFlags(readMdFlags(replica.superblock)), 'metadata flags at attach');
     this.log.info({ disk: this.disk, sizeBytes: replica.store.size }, 'disk attached');
   }
 
@@ -126,13 +143,13 @@ export class Resource {
         if (role === 'target') {
           // G6: a SyncTarget is Inconsistent until the end, on disk too.
           await replica().change({ consistent: false });
-          this.disk = transitionDisk(this.disk, 'Inconsistent');
+          this.setDisk('Inconsistent', 'resync target');
         }
       },
       syncFinished: async (id, role, sourceCurrent) => {
         if (role === 'target') {
           await replica().adoptGeneration(sourceCurrent, id);
-          this.disk = transitionDisk(this.disk, 'UpToDate');
+          this.setDisk('UpToDate', 'resync finished');
         } else {
           await replica().bitmapClean(id);
         }
@@ -147,6 +164,13 @@ export class Resource {
       },
       diskFailed: (op, e) => this.log.error({ op, err: (e as Error).message }, 'the local disk failed a replicated write'),
       saveBitmap: (id) => replica().saveBitmap(id),
+      adoptCurrent: async (id, current) => {
+        const r = replica();
+        await r.adoptGeneration(current, id);
+        r.bitmapFor(id).clearAll();
+        await r.saveBitmap(id);
+        if (this.disk !== 'UpToDate') this.setDisk('UpToDate', 'new-current-uuid from the peer');
+      },
     };
   }
 
@@ -169,6 +193,7 @@ export class Resource {
           resyncRateBytesPerSec: this.config.disk.resyncRateBytesPerSec,
           maxPayloadBytes: this.config.nbd.maxPayloadBytes,
           log: this.log,
+          onEvent: (e) => this.emit({ ...e, peer: n.name }),
         }),
       );
     }
@@ -240,8 +265,8 @@ export class Resource {
     // Persist "was Primary" before serving a single write: a crash from here
     // on is a crashed Primary.
     await replica.change({ primary: true });
-    this.disk = transitionDisk(this.disk, 'UpToDate');
-    this.role = transitionRole(this.role, 'Primary');
+    this.setDisk('UpToDate', force ? 'primary --force' : 'primary');
+    this.setRole('Primary', force ? 'primary --force' : 'primary');
     this.log.info({ force }, 'role changed to Primary');
     for (const p of this.peers.values()) {
       // A connected peer that got no data from us yet (both were Inconsistent)
@@ -255,7 +280,7 @@ export class Resource {
     if (this.role === 'Secondary') return;
     const refusal = demotionRefusal(this.name, this.clientCount(), force);
     if (refusal) throw refusal;
-    this.role = transitionRole(this.role, 'Secondary');
+    this.setRole('Secondary', force ? 'secondary --force' : 'secondary');
     // New requests are refused from here (the gate); in-flight ones finish,
     // then connected clients are told ESHUTDOWN and closed.
     await this.nbd.disconnectClients(this.name, `${this.name} became Secondary`);
@@ -263,6 +288,91 @@ export class Resource {
     await this.requireReplica().change({ primary: false, crashedPrimary: false });
     for (const p of this.peers.values()) p.announceState();
     this.log.info({ force }, 'role changed to Secondary');
+  }
+
+  private connectedPeers(): Peer[] {
+    return [...this.peers.values()].filter((p) => p.status().connection === 'Connected');
+  }
+
+  /** Online verify against every connected peer. */
+  verify(): void {
+    const peers = this.connectedPeers();
+    if (peers.length === 0) throw new MirrorError('ERR_NOT_CONNECTED', `${this.name}: no connected peer to verify against`);
+    for (const p of peers) p.startVerify();
+  }
+
+  /**
+   * Our data is no longer trusted: Inconsistent, every block marked, and a
+   * full resync from a peer follows (now, or at the next connect).
+   */
+  async invalidate(): Promise<void> {
+    const replica = this.requireReplica();
+    if (this.role === 'Primary') throw new MirrorError('ERR_ROLE', `${this.name} is Primary here; invalidate needs a Secondary`);
+    if (this.peers.size === 0) throw new MirrorError('ERR_NOT_CONNECTED', `${this.name}: no peer to take the data from`);
+    await replica.change({ consistent: false });
+    if (this.disk !== 'Inconsistent') this.setDisk('Inconsistent', 'invalidate');
+    for (const p of this.peers.values()) {
+      replica.bitmapFor(p.nodeId).setAll();
+      await replica.saveBitmap(p.nodeId);
+      await p.renegotiate('invalidate');
+    }
+  }
+
+  /** The peers' data is no longer trusted: every block goes to them again. */
+  async invalidateRemote(): Promise<void> {
+    const replica = this.requireReplica();
+    if (this.disk !== 'UpToDate') throw new MirrorError('ERR_NOT_UP_TO_DATE', `${this.name}: local disk is ${this.disk}; invalidate-remote needs UpToDate data here`);
+    const peers = this.connectedPeers();
+    if (peers.length === 0) throw new MirrorError('ERR_NOT_CONNECTED', `${this.name}: no connected peer to invalidate`);
+    const primary = peers.find((p) => p.status().role === 'Primary');
+    if (primary) throw new MirrorError('ERR_ROLE', `${this.name}: ${primary.name} is Primary; it cannot become a SyncTarget`);
+    // A new generation with every block marked: the handshake then sends all.
+    for (const p of peers) replica.bitmapFor(p.nodeId).setAll();
+    await replica.newGenerationFor(peers.map((p) => p.nodeId));
+    for (const p of peers) {
+      await replica.saveBitmap(p.nodeId);
+      await p.renegotiate('invalidate-remote');
+    }
+  }
+
+  /**
+   * Start a new data generation. Connected peers take it too (their data is
+   * the same). With --clear-bitmap on disks that were never synced, nothing
+   * is copied: every side becomes UpToDate (only for disks known to be equal,
+   * e.g. all zeroes).
+   */
+  async newCurrentUuid(clearBitmap: boolean): Promise<void> {
+    const replica = this.requireReplica();
+    const peers = this.connectedPeers();
+    if (clearBitmap) {
+      if (replica.superblock.currentUuid !== 0n || peers.some((p) => p.status().replication !== 'Established')) {
+        throw new MirrorError(
+          'ERR_ROLE',
+          `${this.name}: --clear-bitmap is for disks that were never synced, connected and idle; use primary --force for an initial sync`,
+        );
+      }
+    }
+    const current = newUuid();
+    await replica.change({ newCurrentUuid: current, ...(clearBitmap ? { consistent: true, wasUpToDate: true } : {}) });
+    for (const p of this.peers.values()) {
+      if (clearBitmap) {
+        replica.bitmapFor(p.nodeId).clearAll();
+        await replica.saveBitmap(p.nodeId);
+      }
+    }
+    if (clearBitmap && this.disk !== 'UpToDate') this.setDisk('UpToDate', 'new-current-uuid --clear-bitmap');
+    for (const p of peers) p.sendAdopt(current);
+    this.emit({ type: 'new-current-uuid', current: formatUuid(current), clearBitmap });
+  }
+
+  pauseSync(): void {
+    const peers = this.connectedPeers();
+    if (peers.length === 0) throw new MirrorError('ERR_NOT_CONNECTED', `${this.name}: not connected`);
+    for (const p of peers) p.pauseSync();
+  }
+
+  resumeSync(): void {
+    for (const p of this.connectedPeers()) p.resumeSync();
   }
 
   async connect(): Promise<void> {
@@ -298,7 +408,7 @@ export class Resource {
     this.replica = null;
     if (replica) await replica.close(clean && this.disk !== 'Failed');
     this.exp = null;
-    if (this.disk !== 'Diskless') this.disk = transitionDisk(this.disk, 'Diskless');
+    if (this.disk !== 'Diskless') this.setDisk('Diskless', 'detach');
   }
 
   private requireReplica(): Replica {

@@ -21,6 +21,8 @@ export interface PeerStatus {
   syncDonePercent: number | null;
   /** The running resync: bytes copied and to copy, rate, estimated seconds left. */
   resync: { doneBytes: number; totalBytes: number; bytesPerSec: number; etaSec: number | null; paused: boolean } | null;
+  /** The running or last online verify with this peer; outOfSyncBlocks are 4 KiB blocks found different. */
+  verify: { doneBytes: number; totalBytes: number; outOfSyncBlocks: number; finished: boolean } | null;
   /** The last sync decision at connect: "strategy by rule". */
   lastDecision: string | null;
   /** Why the last connection attempt or session ended, while not connected. */

@@ -150,3 +150,86 @@ describe.skipIf(missing.length > 0)('two nodes replicating', () => {
     expect(betaStatus.peers[0]!.connection).not.toBe('Connected');
   });
 });
+
+describe.skipIf(missing.length > 0)('operator verbs on a pair', () => {
+  it('verify finds a block changed behind mirrorbd, marks only it, and the next connect repairs it', async () => {
+    const p = await syncedPair();
+    await mustSucceed(p.alpha.cli('verify', 'r0'));
+    let s = await waitForStatus(p.alpha, (x) => (x.peers[0] as unknown as { verify: { finished: boolean } | null }).verify?.finished === true);
+    expect((s.peers[0] as unknown as { verify: { outOfSyncBlocks: number } }).verify.outOfSyncBlocks).toBe(0);
+    // change one block of beta's disk directly
+    const fh = await fsp.open(p.beta.diskPath, 'r+');
+    await fh.write(Buffer.alloc(4096, 0xee), 0, 4096, 5 * 1024 * 1024);
+    await fh.close();
+    await mustSucceed(p.alpha.cli('verify', 'r0'));
+    s = await waitForStatus(p.alpha, (x) => {
+      const v = (x.peers[0] as unknown as { verify: { finished: boolean; doneBytes: number } | null }).verify;
+      return v?.finished === true && x.peers[0]!.replication === 'Established';
+    });
+    expect((s.peers[0] as unknown as { verify: { outOfSyncBlocks: number } }).verify.outOfSyncBlocks).toBe(1);
+    expect(s.peers[0]!.outOfSyncBytes).toBe(4096);
+    await mustSucceed(p.alpha.cli('disconnect', 'r0'));
+    await mustSucceed(p.alpha.cli('connect', 'r0'));
+    await waitForStatus(p.alpha, (x) => x.peers[0]?.replication === 'Established' && x.peers[0]?.outOfSyncBytes === 0);
+    await waitForStatus(p.beta, (x) => x.disk === 'UpToDate');
+    await expectSameData(p);
+  });
+
+  it('new-current-uuid --clear-bitmap skips the initial sync of two fresh disks', async () => {
+    const p = await pair();
+    await upPair(p);
+    await waitForStatus(p.alpha, (s) => s.peers[0]?.replication === 'Established');
+    const before = await bytesSentTo(p.alpha);
+    await mustSucceed(p.alpha.cli('new-current-uuid', 'r0', '--clear-bitmap'));
+    await waitForStatus(p.beta, (s) => s.disk === 'UpToDate');
+    const a = await waitForStatus(p.alpha, (s) => s.disk === 'UpToDate' && s.peers[0]?.peerDisk === 'UpToDate');
+    expect(a.peers[0]!.outOfSyncBytes).toBe(0);
+    expect((await bytesSentTo(p.alpha)) - before).toBeLessThan(64 * 1024);
+    // the pair is usable at once: promote without --force and replicate
+    await mustSucceed(p.alpha.cli('primary', 'r0'));
+    await must('qemu-io', ['-f', 'raw', '-c', 'write -P 0x42 0 64k', p.alpha.uri]);
+    await mustSucceed(p.alpha.cli('secondary', 'r0'));
+    await mustSucceed(p.beta.cli('primary', 'r0'));
+    await must('qemu-io', ['-f', 'raw', '-c', 'read -P 0x42 0 64k', p.beta.uri]);
+  });
+
+  it('invalidate on the Secondary makes it Inconsistent and copies everything from the Primary again', async () => {
+    const p = await syncedPair();
+    const size = (await statusOf(p.alpha)).sizeBytes;
+    const before = await bytesSentTo(p.alpha);
+    await mustSucceed(p.beta.cli('invalidate', 'r0'));
+    await waitForStatus(p.beta, (s) => s.disk === 'UpToDate' && s.peers[0]?.replication === 'Established');
+    expect((await bytesSentTo(p.alpha)) - before).toBeGreaterThanOrEqual(size);
+    const refused = await p.alpha.cli('invalidate', 'r0');
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toMatch(/ERR_ROLE/);
+  });
+
+  it('events --json streams the role change and the sync decision in order', async () => {
+    const p = await pair();
+    await upPair(p);
+    await waitForStatus(p.alpha, (s) => s.peers[0]?.connection === 'Connected');
+    const child = spawn(process.execPath, [path.resolve('dist/src/cli/main.js'), '-c', p.configFile, '--node', 'alpha', 'events', 'r0', '--json'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    try {
+      await new Promise((r) => setTimeout(r, 500));
+      await mustSucceed(p.alpha.cli('primary', 'r0', '--force'));
+      await waitForStatus(p.beta, (s) => s.disk === 'UpToDate');
+      await new Promise((r) => setTimeout(r, 300));
+    } finally {
+      child.kill('SIGINT');
+    }
+    const events = out.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { seq: number; type: string; to?: string; strategy?: string });
+    const seqs = events.map((e) => e.seq);
+    expect(seqs).toEqual([...seqs].sort((a, b) => a - b));
+    const role = events.findIndex((e) => e.type === 'role' && e.to === 'Primary');
+    const decision = events.findIndex((e) => e.type === 'sync-decision' && e.strategy === 'source-full-sync');
+    const done = events.findIndex((e) => e.type === 'resync-done');
+    expect(role).toBeGreaterThanOrEqual(0);
+    expect(decision).toBeGreaterThan(role);
+    expect(done).toBeGreaterThan(decision);
+  });
+});

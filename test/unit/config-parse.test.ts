@@ -5,7 +5,7 @@ const FULL = `# every key, with values other than the defaults
 global { run-dir /var/run/mbd; log-level debug; }
 common {
   net { protocol B; ping-int 3; ping-timeout 1.25; connect-int 4; timeout 2.5; ko-count 0;
-        shared-secret "s3cret with space"; cram-hmac-alg sha1; data-integrity-alg crc32c; }
+        shared-secret "s3cret with space"; cram-hmac-alg sha1; data-integrity-alg crc32c; verify-alg sha256; csums-alg md5; }
   disk { resync-rate 250; al-extents 7; on-io-error pass_on; }
   nbd { tls required; tls-key /k.pem; tls-cert /c.pem; tls-ca /ca.pem;
         allow 10.0.0.1 192.0.2.0/24; allow ::1 2001:db8::/32;
@@ -44,6 +44,8 @@ test('every key is read into the model', () => {
     sharedSecret: 's3cret with space',
     cramHmacAlg: 'sha1',
     dataIntegrityAlg: 'crc32c',
+    verifyAlg: 'sha256',
+    csumsAlg: 'md5',
   });
   expect(r.disk).toEqual({ resyncRateBytesPerSec: 250 * 1024, alExtents: 7, onIoError: 'pass_on' });
   expect(r.nbd).toEqual({
@@ -77,7 +79,7 @@ test('defaults fill everything left out', () => {
   const c = parseConfig('resource r { on a { node-id 0; disk /d; } }', 'min.conf');
   expect(c.global).toEqual({ runDir: '/run/mirrorbd', logLevel: 'info' });
   const r = c.resources[0]!;
-  expect(r.net).toEqual({ protocol: 'C', pingIntMs: 10_000, pingTimeoutMs: 500, connectIntMs: 10_000, timeoutMs: 6000, koCount: 7, sharedSecret: null, cramHmacAlg: 'sha256', dataIntegrityAlg: 'none' });
+  expect(r.net).toEqual({ protocol: 'C', pingIntMs: 10_000, pingTimeoutMs: 500, connectIntMs: 10_000, timeoutMs: 6000, koCount: 7, sharedSecret: null, cramHmacAlg: 'sha256', dataIntegrityAlg: 'none', verifyAlg: 'crc32c', csumsAlg: 'none' });
   expect(r.disk).toEqual({ resyncRateBytesPerSec: 100 * 1024 * 1024, alExtents: 1237, onIoError: 'detach' });
   expect(r.nbd).toEqual({ tls: 'off', tlsKeyFile: null, tlsCertFile: null, tlsCaFile: null, allow: [], maxPayloadBytes: 32 * 1024 * 1024, description: null });
   expect(r.options).toEqual({ quorum: 'off', onNoQuorum: 'suspend-io', autoPromote: true });

@@ -119,6 +119,13 @@ export const UUID_FLAGS = {
   PRIMARY: 1 << 2,
   /** The sender was Primary and went down without demoting. */
   CRASHED_PRIMARY: 1 << 3,
+  /**
+   * Sent on an established session (not in the handshake): the receiver
+   * takes `current` as its own generation, because both disks hold the same
+   * data (new-current-uuid; with --clear-bitmap on two fresh disks, this
+   * skips the initial sync and both become UpToDate).
+   */
+  ADOPT_CURRENT: 1 << 4,
 } as const;
 export const KNOWN_UUID_FLAGS = Object.values(UUID_FLAGS).reduce((a, b) => a | b, 0);
 
