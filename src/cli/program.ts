@@ -156,6 +156,8 @@ export function buildProgram(): Command {
     });
 
   const simple: Array<[string, string]> = [
+    ['attach', 'attach the disk again after detach; it resyncs what it missed'],
+    ['detach', 'go on without the local disk (a Primary serves through an UpToDate peer)'],
     ['verify', 'online verify: compare digests with the peers, mark blocks that differ (status and events show the count)'],
     ['invalidate', 'mark the local data Inconsistent: a full resync from a peer follows'],
     ['invalidate-remote', "mark the peers' data Inconsistent: a full resync to them follows"],

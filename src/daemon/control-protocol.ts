@@ -24,6 +24,8 @@ export type ControlRequest =
   | { id: number; cmd: 'secondary'; resource: string; force: boolean }
   | { id: number; cmd: 'connect'; resource: string }
   | { id: number; cmd: 'verify'; resource: string }
+  | { id: number; cmd: 'attach'; resource: string }
+  | { id: number; cmd: 'detach'; resource: string }
   | { id: number; cmd: 'invalidate'; resource: string }
   | { id: number; cmd: 'invalidate-remote'; resource: string }
   | { id: number; cmd: 'pause-sync'; resource: string }
@@ -46,7 +48,18 @@ export type ControlResponse =
   | { id: number | null; ok: true; result: unknown }
   | { id: number | null; ok: false; error: ControlErrorBody };
 
-const SIMPLE_RESOURCE_COMMANDS = ['down', 'connect', 'disconnect', 'verify', 'invalidate', 'invalidate-remote', 'pause-sync', 'resume-sync'] as const;
+const SIMPLE_RESOURCE_COMMANDS = [
+  'down',
+  'connect',
+  'disconnect',
+  'attach',
+  'detach',
+  'verify',
+  'invalidate',
+  'invalidate-remote',
+  'pause-sync',
+  'resume-sync',
+] as const;
 const RESOURCE_COMMANDS = new Set<string>(['up', 'primary', 'secondary', 'new-current-uuid', ...SIMPLE_RESOURCE_COMMANDS]);
 const FORCE_COMMANDS = new Set(['primary', 'secondary']);
 const ALL_COMMANDS = new Set<string>(['ping', 'status', 'events', 'shutdown', ...RESOURCE_COMMANDS]);
@@ -90,6 +103,8 @@ export function decodeRequest(line: string): DecodedRequest {
     case 'connect':
     case 'disconnect':
     case 'verify':
+    case 'attach':
+    case 'detach':
     case 'invalidate':
     case 'invalidate-remote':
     case 'pause-sync':

@@ -92,6 +92,12 @@ export class Daemon {
       case 'verify':
         this.get(req.resource).verify();
         return null;
+      case 'attach':
+        await this.get(req.resource).reattach();
+        return null;
+      case 'detach':
+        await this.get(req.resource).detach();
+        return null;
       case 'invalidate':
         await this.get(req.resource).invalidate();
         return null;

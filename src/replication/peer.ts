@@ -84,6 +84,8 @@ interface Session {
   replicating: boolean;
   peerUuids: UuidsPacket | null;
   barrierWaiters: Map<number, Array<(o: PeerOutcome) => void>>;
+  /** Our reads served by the peer (we are diskless): id -> waiter. */
+  remoteReads: Map<number, { resolve: (b: Buffer) => void; reject: (e: Error) => void; length: number }>;
   pingTimer: NodeJS.Timeout | null;
   pingDeadline: NodeJS.Timeout | null;
   lastHeardMs: number;
@@ -120,6 +122,7 @@ export class Peer {
   private dialing = false;
   private lastDecision: string | null = null;
   private lastVerify: VerifyProgress | null = null;
+  private nextReadId = 1;
   private lastError: string | null = null;
   private splitBrain = false;
   private bytesSentTotal = 0;
@@ -305,6 +308,7 @@ export class Peer {
       replicating: false,
       peerUuids: null,
       barrierWaiters: new Map(),
+      remoteReads: new Map(),
       pingTimer: null,
       pingDeadline: null,
       lastHeardMs: Date.now(),
@@ -343,7 +347,7 @@ export class Peer {
         throw new StandAloneError('both disks are Inconsistent; no side can be the source');
       }
       const ownBitmap = port.bitmapFor(this.nodeId);
-      if (decision.strategy.endsWith('use-bitmap') || decision.strategy === 'no-sync') {
+      if (decision.strategy.endsWith('use-bitmap')) {
         const theirBitmap = await exchangeBitmaps(data, waiter, ownBitmap, this.o.net.timeoutMs);
         ownBitmap.or(theirBitmap);
       }
@@ -435,7 +439,9 @@ export class Peer {
     if (store) {
       s.receiver = new Receiver(store, port.applyLock, { send: (p) => this.send(s, p) }, {
         written: (offset, length) => {
-          if (this.replication === 'SyncTarget') port.bitmapFor(this.nodeId).clearRange(offset, length);
+          if (s.target) s.target.replicatedWriteApplied(offset, length);
+          // A diskless peer writing through us: its own disk misses this.
+          else if (this.peerDisk === 'Diskless' && port.store()) port.bitmapFor(this.nodeId).setRange(offset, length);
         },
         diskFailed: (op, e) => port.diskFailed(op, e),
       }, this.log);
@@ -445,9 +451,8 @@ export class Peer {
     this.startPings(s);
     const role: SyncRole | null = decision.strategy.startsWith('source') ? 'source' : decision.strategy.startsWith('target') ? 'target' : null;
     if (role === null) {
-      // Nothing to copy: both sides hold the same generation.
-      port.bitmapFor(this.nodeId).clearAll();
-      void port.saveBitmap(this.nodeId);
+      // Nothing to copy. Marks that are left (both sides had some) stay for
+      // the operator: verify and invalidate decide what they mean.
       this.setReplication('Established');
       s.replicating = this.peerDisk === 'UpToDate' || this.peerDisk === 'Consistent' || this.peerDisk === 'Outdated';
       return;
@@ -519,6 +524,8 @@ export class Peer {
     for (const r of lost.ranges) bitmap?.setRange(r.offset, r.length);
     for (const waiters of s.barrierWaiters.values()) for (const w of waiters) w('lost');
     s.barrierWaiters.clear();
+    for (const r of s.remoteReads.values()) r.reject(Object.assign(new Error(`lost ${this.name} during a read`), { errno: 'EIO' }));
+    s.remoteReads.clear();
     s.data.close(reason);
     s.meta.close(reason);
     this.log.info({ reason }, 'session ended');
@@ -552,8 +559,23 @@ export class Peer {
       case 'state':
         this.peerRole = p.role;
         this.peerDisk = p.disk;
-        if (p.disk === 'UpToDate' && this.replication === 'Established') s.replicating = true;
+        if (p.disk === 'Diskless' && s.replicating) void this.stopReplicatingTo(s, 'the peer detached its disk');
+        else if (p.disk === 'UpToDate' && this.replication === 'Established') s.replicating = true;
         return;
+      case 'data-request':
+        void this.serveRead(s, p.id, p.offset, p.length);
+        return;
+      case 'out-of-sync':
+        if (this.o.port.store()) this.o.port.bitmapFor(this.nodeId).setRange(p.offset, p.length);
+        return;
+      case 'data-reply': {
+        const r = s.remoteReads.get(p.id);
+        if (!r) return;
+        s.remoteReads.delete(p.id);
+        if (p.payload.length !== r.length) r.reject(Object.assign(new Error('short remote read'), { errno: 'EIO' }));
+        else r.resolve(p.payload);
+        return;
+      }
       case 'ov-request':
         if (this.replication === 'Established') this.setReplication('VerifyT');
         if (this.o.port.store()) void answerVerify(this.o.port.store()!, this.o.net.verifyAlg, p, { send: (x) => this.send(s, x) });
@@ -594,12 +616,18 @@ export class Peer {
         return;
       case 'neg-ack': {
         const r = s.tl.failed(p.seq);
-        if (r) this.o.port.bitmapFor(this.nodeId).setRange(r.offset, r.length);
+        if (r && this.o.port.store()) this.o.port.bitmapFor(this.nodeId).setRange(r.offset, r.length);
         return;
       }
       case 'rs-write-ack':
         s.source?.handle(p);
         return;
+      case 'neg-data-reply': {
+        const r = s.remoteReads.get(p.id);
+        s.remoteReads.delete(p.id);
+        r?.reject(Object.assign(new Error(`${this.name} could not read the block (errno ${p.errno})`), { errno: 'EIO' }));
+        return;
+      }
       case 'rs-is-in-sync':
       case 'neg-rs-reply':
         s.target?.handle(p);
@@ -649,7 +677,14 @@ export class Peer {
     let flags = w.fua ? WRITE_FLAGS.FUA : 0;
     if (this.protocol === 'B') flags |= WRITE_FLAGS.SEND_RECV_ACK;
     if (this.protocol === 'C') flags |= WRITE_FLAGS.SEND_WRITE_ACK;
-    const done = new Promise<PeerOutcome>((resolve) => s.tl.add(w.seq, w.offset, w.length, w.epoch, resolve));
+    let done = new Promise<PeerOutcome>((resolve) => s.tl.add(w.seq, w.offset, w.length, w.epoch, resolve));
+    if (s.source) {
+      const source = s.source;
+      done = done.then((outcome) => {
+        if (outcome === 'ok' && !s.closed) source.replicatedWriteAcked(w.offset, w.length);
+        return outcome;
+      });
+    }
     switch (w.kind) {
       case 'data':
         s.data.send({ kind: 'data', seq: w.seq, epoch: w.epoch, offset: w.offset, flags, payload: w.payload! });
@@ -767,6 +802,73 @@ export class Peer {
     if (s.closed) return;
     s.replicating = true;
     this.announceState();
+  }
+
+  /**
+   * The peer stopped taking replication while connected (it detached its
+   * disk): what it did not confirm is marked, exactly as if it were lost.
+   */
+  private async stopReplicatingTo(s: Session, reason: string): Promise<void> {
+    s.replicating = false;
+    const lost = s.tl.takeLost();
+    if (this.o.port.store()) for (const r of lost.ranges) this.o.port.bitmapFor(this.nodeId).setRange(r.offset, r.length);
+    for (const waiters of s.barrierWaiters.values()) for (const w of waiters) w('lost');
+    s.barrierWaiters.clear();
+    this.log.info({ reason }, 'replication to the peer stopped');
+    await this.o.port.peerLost(this.nodeId, true).catch(() => undefined);
+    lost.release();
+  }
+
+  /** Serve a read of a diskless peer from our disk, after its earlier writes. */
+  private async serveRead(s: Session, id: number, offset: number, length: number): Promise<void> {
+    const store = this.o.port.store();
+    if (!store || this.o.port.disk() !== 'UpToDate' || length <= 0 || offset + length > store.size) {
+      this.send(s, { kind: 'neg-data-reply', id, errno: 5 });
+      return;
+    }
+    const release = await this.o.port.applyLock.acquire(offset, length);
+    try {
+      this.send(s, { kind: 'data-reply', id, offset, payload: await store.read(offset, length) });
+    } catch {
+      this.send(s, { kind: 'neg-data-reply', id, errno: 5 });
+    } finally {
+      release();
+    }
+  }
+
+  /** Tell the peer a range differs between us (our local write of it failed). */
+  markOutOfSync(offset: number, length: number): void {
+    const s = this.session;
+    if (s && !s.closed && s.replicating) this.send(s, { kind: 'out-of-sync', offset, length });
+  }
+
+  /** Can this peer serve our reads (we are diskless)? */
+  canServeReads(): boolean {
+    const s = this.session;
+    return !!s && !s.closed && this.peerDisk === 'UpToDate' && (this.replication === 'Established' || this.replication === 'SyncSource');
+  }
+
+  /** Read from the peer's disk (this node has none). */
+  remoteRead(offset: number, length: number): Promise<Buffer> {
+    const s = this.session;
+    if (!s || s.closed) return Promise.reject(Object.assign(new Error(`not connected to ${this.name}`), { errno: 'EIO' }));
+    const id = this.nextReadId++;
+    return new Promise((resolve, reject) => {
+      s.remoteReads.set(id, { resolve, reject, length });
+      this.send(s, { kind: 'data-request', id, offset, length });
+    });
+  }
+
+  /** We detached our disk: stop applying the peer's writes (it stops sending on our STATE). */
+  localDiskGone(): void {
+    const s = this.session;
+    if (s) s.receiver = null;
+    this.announceState();
+  }
+
+  /** We attached a disk again: decide anew what it lacks. */
+  async localDiskBack(): Promise<void> {
+    await this.renegotiate('disk attached');
   }
 
   /** Tell the peer our role/disk changed (it shows them in its status). */

@@ -7,22 +7,34 @@
 import type { BlockStore, BlockStoreCapabilities, Extent, WriteZeroesOptions } from '../../native-free-io/block-store.js';
 import type { Replicator } from './replicator.js';
 
+/** Reads for a node whose disk is detached: served by an UpToDate peer. */
+export interface RemoteReader {
+  remoteRead(offset: number, length: number): Promise<Buffer>;
+}
+
 export class ReplicatedStore implements BlockStore {
+  readonly size: number;
+  readonly capabilities: BlockStoreCapabilities;
+
   constructor(
-    private readonly local: BlockStore,
+    /** The local disk, null while detached. */
+    private readonly local: () => BlockStore | null,
     private readonly replicator: Replicator,
-  ) {}
-
-  get size(): number {
-    return this.local.size;
-  }
-
-  get capabilities(): BlockStoreCapabilities {
-    return this.local.capabilities;
+    /** A peer that can serve reads now, when the local disk is gone. */
+    private readonly reader: () => RemoteReader | null,
+    sizeBytes: number,
+    capabilities: BlockStoreCapabilities,
+  ) {
+    this.size = sizeBytes;
+    this.capabilities = capabilities;
   }
 
   read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
-    return this.local.read(offset, length, into);
+    const local = this.local();
+    if (local) return local.read(offset, length, into);
+    const peer = this.reader();
+    if (!peer) return Promise.reject(Object.assign(new Error('no local disk and no UpToDate peer to read from'), { errno: 'EIO' }));
+    return peer.remoteRead(offset, length);
   }
 
   write(offset: number, data: Buffer): Promise<void> {
@@ -42,7 +54,9 @@ export class ReplicatedStore implements BlockStore {
   }
 
   extents(offset: number, length: number): Promise<Extent[]> {
-    return this.local.extents(offset, length);
+    const local = this.local();
+    if (local) return local.extents(offset, length);
+    return Promise.resolve([{ offset, length, hole: false, zero: false }]);
   }
 
   /** The resource closes the local store itself. */

@@ -34,7 +34,8 @@ export interface WriteIntent {
 }
 
 export interface ReplicatorOptions {
-  store: BlockStore;
+  /** The local disk; null while this node is diskless (writes go to peers only). */
+  store: () => BlockStore | null;
   peers: () => readonly Peer[];
   bitmapFor: (peerNodeId: number) => Bitmap;
   writeLock: RangeLock;
@@ -64,21 +65,21 @@ export class Replicator {
   constructor(private readonly o: ReplicatorOptions) {}
 
   write(offset: number, data: Buffer, fua: boolean): Promise<void> {
-    return this.run('data', offset, data.length, fua, () => this.o.store.write(offset, data), { payload: data });
+    return this.run('data', offset, data.length, fua, (st) => st.write(offset, data), { payload: data });
   }
 
   writeZeroes(offset: number, length: number, noHole: boolean, fua: boolean): Promise<void> {
-    return this.run('zeroes', offset, length, fua, () => this.o.store.writeZeroes(offset, length, { noHole }), { noHole });
+    return this.run('zeroes', offset, length, fua, (st) => st.writeZeroes(offset, length, { noHole }), { noHole });
   }
 
   trim(offset: number, length: number, fua: boolean): Promise<void> {
-    return this.run('trim', offset, length, fua, () => this.o.store.trim(offset, length), {});
+    return this.run('trim', offset, length, fua, (st) => st.trim(offset, length), {});
   }
 
   /** Local flush and every replicating peer's flush of all earlier writes (G2). */
   async flush(): Promise<void> {
     const peers = this.closeEpoch();
-    await this.o.flushLocal();
+    if (this.o.store()) await this.o.flushLocal();
     await Promise.all(peers);
   }
 
@@ -114,14 +115,15 @@ export class Replicator {
     offset: number,
     length: number,
     fua: boolean,
-    local: () => Promise<void>,
+    local: (store: BlockStore) => Promise<void>,
     extra: { payload?: Buffer; noHole?: boolean },
   ): Promise<void> {
     while (this.frozen) await this.frozen;
     this.inFlight++;
     try {
       const release = await this.o.writeLock.acquire(offset, length);
-      const intent = this.o.intent;
+      const store = this.o.store();
+      const intent = store ? this.o.intent : null;
       let waits: Array<Promise<PeerOutcome>> = [];
       let intentTaken = false;
       try {
@@ -129,15 +131,28 @@ export class Replicator {
           await intent.beginWrite(offset, length);
           intentTaken = true;
         }
+        // Close a full epoch before this write joins it, not when one completes.
+        if (this.epochWrites >= MAX_EPOCH_WRITES) void Promise.all(this.closeEpoch());
         const w: ReplicatedWrite = { kind, seq: ++this.seq, epoch: this.epoch, offset, length, fua, ...extra };
         this.epochWrites++;
-        waits = this.send(w);
-        await local();
+        waits = this.send(w, store !== null);
+        if (store) {
+          try {
+            await local(store);
+          } catch (e) {
+            // The peers have the write, our disk may not: they must remember
+            // that this range differs, whatever happens to our disk next.
+            for (const peer of this.o.peers()) peer.markOutOfSync(offset, length);
+            throw e;
+          }
+        } else if (waits.length === 0) {
+          throw Object.assign(new Error('no local disk and no peer takes the write'), { errno: 'EIO' });
+        }
       } finally {
         release();
         if (intentTaken) intent!.endWrite(offset, length);
       }
-      if (fua) await this.o.flushLocal();
+      if (fua && store) await this.o.flushLocal();
       if (waits.length > 0) {
         const outcomes = await Promise.all(waits);
         if (outcomes.some((o) => o !== 'ok')) this.counters.degradedWrites++;
@@ -151,12 +166,12 @@ export class Replicator {
   }
 
   /** Queue the write to every replicating peer; mark it for the others. */
-  private send(w: ReplicatedWrite): Array<Promise<PeerOutcome>> {
+  private send(w: ReplicatedWrite, haveBitmaps: boolean): Array<Promise<PeerOutcome>> {
     const waits: Array<Promise<PeerOutcome>> = [];
     for (const peer of this.o.peers()) {
       const p = peer.replicate(w);
       if (p === null) {
-        this.o.bitmapFor(peer.nodeId).setRange(w.offset, w.length);
+        if (haveBitmaps) this.o.bitmapFor(peer.nodeId).setRange(w.offset, w.length);
         this.counters.degradedWrites++;
       } else {
         waits.push(p);

@@ -109,6 +109,11 @@ export class ResyncTarget {
     this.pump();
   }
 
+  /** A replicated application write covered marked blocks: they are in sync now. */
+  replicatedWriteApplied(offset: number, length: number): void {
+    if (!this.stopped) this.progress.doneBytes += this.bitmap.clearRange(offset, length) * BITMAP_BLOCK_BYTES;
+  }
+
   /** The connection is gone: stop asking; what was not copied stays marked. */
   stop(): void {
     this.stopped = true;
@@ -249,6 +254,15 @@ export class ResyncSource {
   stop(): void {
     this.stopped = true;
     this.requested.clear();
+  }
+
+  /**
+   * A replicated application write reached the target while it resyncs: the
+   * whole blocks it covered are in sync now (the target cleared its own bits
+   * when it wrote them and will not ask for them).
+   */
+  replicatedWriteAcked(offset: number, length: number): void {
+    if (!this.stopped) this.progress.doneBytes += this.bitmap.clearRange(offset, length) * BITMAP_BLOCK_BYTES;
   }
 
   handle(p: Packet): boolean {

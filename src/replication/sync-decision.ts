@@ -71,6 +71,8 @@ export const SYNC_RULES = [
   'inconsistent-self',
   'inconsistent-peer',
   'inconsistent-both',
+  'dirty-self',
+  'dirty-peer',
 ] as const;
 export type SyncRule = (typeof SYNC_RULES)[number];
 
@@ -111,7 +113,21 @@ export interface SyncDecision {
 /** Decides the sync direction at connect time. Pure and total: never throws. */
 export function decideSync(input: SyncDecisionInput): SyncDecision {
   const byUuids = compareUuids(input);
-  return applyDiskStates(byUuids, input.local.flags.consistent, input.peer.flags.consistent);
+  return applyDirtyBits(applyDiskStates(byUuids, input.local.flags.consistent, input.peer.flags.consistent), input);
+}
+
+/**
+ * The same generation on both sides, yet one side has blocks marked for the
+ * other: writes reached it while the other's disk was detached (or failed
+ * a write). The marked side is the source for exactly those blocks. When
+ * both have marks, neither is known newer for all of them: no sync, and the
+ * marks stay for the operator (verify, invalidate).
+ */
+function applyDirtyBits(d: SyncDecision, { local, peer }: SyncDecisionInput): SyncDecision {
+  if (d.strategy !== 'no-sync' || d.rule !== 'equal') return d;
+  if (local.dirtyBlocks > 0 && peer.dirtyBlocks === 0) return { strategy: 'source-use-bitmap', rule: 'dirty-self', byUuids: d };
+  if (peer.dirtyBlocks > 0 && local.dirtyBlocks === 0) return { strategy: 'target-use-bitmap', rule: 'dirty-peer', byUuids: d };
+  return d;
 }
 
 function verdict(strategy: SyncStrategy, rule: SyncRule): SyncDecision {

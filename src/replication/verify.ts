@@ -55,6 +55,8 @@ export class VerifySource {
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
   private readonly fineQueue: number[] = [];
+  /** Answers received whose local side is still being read and compared. */
+  private comparing = 0;
   private stopped = false;
 
   constructor(
@@ -81,7 +83,13 @@ export class VerifySource {
     const req = this.pending.get(p.id);
     if (!req) return true;
     this.pending.delete(p.id);
-    void this.compare(req, p.digest);
+    // Still outstanding until compared: a difference found late must not
+    // arrive after the verify has declared itself finished.
+    this.comparing++;
+    void this.compare(req, p.digest).finally(() => {
+      this.comparing--;
+      this.pump();
+    });
     return true;
   }
 
@@ -104,12 +112,11 @@ export class VerifySource {
         for (let at = req.offset; at < req.offset + req.length; at += BITMAP_BLOCK_BYTES) this.fineQueue.push(at);
       }
     }
-    this.pump();
   }
 
   private pump(): void {
     if (this.stopped || this.progress.finished) return;
-    while (this.pending.size < VERIFY_IN_FLIGHT) {
+    while (this.pending.size + this.comparing < VERIFY_IN_FLIGHT) {
       let req: Pending;
       const fine = this.fineQueue.shift();
       if (fine !== undefined) {
@@ -124,7 +131,7 @@ export class VerifySource {
       this.pending.set(id, req);
       this.io.send({ kind: 'ov-request', id, offset: req.offset, length: req.length });
     }
-    if (this.pending.size === 0 && this.fineQueue.length === 0 && this.cursor >= this.store.size) {
+    if (this.pending.size === 0 && this.comparing === 0 && this.fineQueue.length === 0 && this.cursor >= this.store.size) {
       this.progress.finished = true;
       this.log.info({ outOfSyncBlocks: this.progress.outOfSyncBlocks, ms: Date.now() - this.progress.startedAtMs }, 'verify finished');
       this.onDone(this.progress);

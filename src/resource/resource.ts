@@ -97,30 +97,100 @@ export class Resource {
       throw new MirrorError('ERR_BAD_CONFIG', `${this.name}: node ${this.local.name} is diskless (disk none); diskless nodes are not supported yet`);
     }
     this.setDisk('Attaching', 'attach');
-    const replica = await Replica.attach(this.config, this.local, this.log);
+    let replica: Replica;
+    try {
+      replica = await Replica.attach(this.config, this.local, this.log);
+    } catch (e) {
+      this.setDisk('Diskless', 'attach failed');
+      throw e;
+    }
     this.replica = replica;
     if (replica.crashedPrimary) this.log.warn('metadata says the last Primary run did not end cleanly: crashed primary');
-    this.replicator = new Replicator({
-      store: replica.store,
-      peers: () => [...this.peers.values()],
-      bitmapFor: (id) => replica.bitmapFor(id),
-      writeLock: this.writeLock,
-      flushLocal: () => replica.store.flush(),
-      intent: replica.al,
-      log: this.log,
-    });
-    this.exp = new LocalExport(
-      this.name,
-      this.config.nbd.description ?? `mirrorbd resource ${this.name} on ${this.local.name}`,
-      new ReplicatedStore(replica.store, this.replicator),
-      this.config.nbd.maxPayloadBytes,
-      {
-        refusal: () => this.ioRefusal(),
-        ioFailed: (op, e) => this.log.warn({ op, err: e }, 'I/O failed'),
-      },
-    );
+    if (this.replicator === null) {
+      this.replicator = new Replicator({
+        store: () => this.replica?.store ?? null,
+        peers: () => [...this.peers.values()],
+        bitmapFor: (id) => this.requireReplica().bitmapFor(id),
+        writeLock: this.writeLock,
+        flushLocal: () => this.replica?.store.flush() ?? Promise.resolve(),
+        intent: {
+          beginWrite: (offset, length) => this.replica?.al.beginWrite(offset, length) ?? Promise.resolve(),
+          endWrite: (offset, length) => this.replica?.al.endWrite(offset, length),
+        },
+        log: this.log,
+      });
+      this.exp = new LocalExport(
+        this.name,
+        this.config.nbd.description ?? `mirrorbd resource ${this.name} on ${this.local.name}`,
+        new ReplicatedStore(
+          () => this.replica?.store ?? null,
+          this.replicator,
+          () => [...this.peers.values()].find((p) => p.canServeReads()) ?? null,
+          replica.store.size,
+          replica.store.capabilities,
+        ),
+        this.config.nbd.maxPayloadBytes,
+        {
+          refusal: () => this.ioRefusal(),
+          ioFailed: (op, e) => this.ioFailed(op, e),
+        },
+      );
+    }
     this.setDisk(diskStateFromFlags(readMdFlags(replica.superblock)), 'metadata flags at attach');
     this.log.info({ disk: this.disk, sizeBytes: replica.store.size }, 'disk attached');
+  }
+
+  /** errno values that mean the disk itself failed, not a bad request. */
+  private static readonly DISK_FAILURES = new Set(['EIO', 'ENXIO', 'ENODEV', 'EROFS', 'EBADF', 'EUCLEAN']);
+
+  private ioFailed(op: string, e: unknown): void {
+    const errno = (e as { errno?: unknown }).errno;
+    this.log.warn({ op, errno, err: (e as Error).message }, 'I/O failed');
+    if (typeof errno === 'string' && Resource.DISK_FAILURES.has(errno) && this.replica) void this.diskError(op, errno);
+  }
+
+  /** on-io-error: detach a failing disk; a Primary keeps serving through an UpToDate peer. */
+  private async diskError(op: string, errno: string): Promise<void> {
+    if (this.config.disk.onIoError !== 'detach' || this.disk === 'Failed' || !this.replica) return;
+    this.log.error({ op, errno }, 'the local disk failed: detaching it (on-io-error detach)');
+    this.setDisk('Failed', `${op} failed with ${errno}`);
+    await this.detachNow(false).catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'detach after a disk error failed'));
+  }
+
+  /** `detach`: the node goes on without its disk (a Primary serves through an UpToDate peer). */
+  async detach(): Promise<void> {
+    if (!this.replica) throw new MirrorError('ERR_NOT_UP', `${this.name} has no disk attached on ${this.local.name}`);
+    if (this.role === 'Primary' && !this.connectedPeers().some((p) => p.canServeReads())) {
+      throw new MirrorError('ERR_NOT_CONNECTED', `${this.name} is Primary and no UpToDate peer could serve its data; demote first or connect a peer`);
+    }
+    await this.detachNow(true);
+  }
+
+  private async detachNow(clean: boolean): Promise<void> {
+    const replica = this.replica;
+    if (!replica) return;
+    const resume = this.replicator ? await this.replicator.freeze() : () => undefined;
+    try {
+      // This copy misses every write from now on: it comes back Inconsistent
+      // and takes what the peers marked for it while it was away.
+      if (clean) await replica.change({ consistent: false }).catch(() => undefined);
+      this.replica = null;
+      await replica.close(clean);
+      this.setDisk('Diskless', clean ? 'detach' : 'detach after a disk error');
+      for (const p of this.peers.values()) p.localDiskGone();
+    } finally {
+      resume();
+    }
+  }
+
+  /** `attach` after a detach: the disk comes back and resyncs what it missed. */
+  async reattach(): Promise<void> {
+    if (this.replica) throw new MirrorError('ERR_ALREADY_UP', `${this.name} already has its disk attached on ${this.local.name}`);
+    if (this.role === 'Primary') {
+      throw new MirrorError('ERR_ROLE', `${this.name} is Primary here; demote it before attaching (a Primary cannot be a SyncTarget)`);
+    }
+    await this.attach();
+    for (const p of this.peers.values()) await p.localDiskBack();
   }
 
   private port(): ReplicaPort {
@@ -162,7 +232,7 @@ export class Resource {
         if (this.role === 'Primary' && wasReplicating) await this.replica.newGenerationFor([id]);
         await this.replica.saveBitmap(id);
       },
-      diskFailed: (op, e) => this.log.error({ op, err: (e as Error).message }, 'the local disk failed a replicated write'),
+      diskFailed: (op, e) => this.ioFailed(`replicated ${op}`, e),
       saveBitmap: (id) => replica().saveBitmap(id),
       adoptCurrent: async (id, current) => {
         const r = replica();
@@ -232,8 +302,13 @@ export class Resource {
       const primary = [...this.peers.values()].find((p) => p.status().role === 'Primary');
       return `${this.name} is Secondary on ${this.local.name}; ${primary ? `the Primary is ${primary.name}` : 'no Primary is known'}`;
     }
-    if (this.disk !== 'UpToDate') return `${this.name} on ${this.local.name} has disk ${this.disk}`;
-    return null;
+    if (this.disk === 'UpToDate') return null;
+    if (this.disk === 'Diskless' && [...this.peers.values()].some((p) => p.canServeReads())) return null;
+    return `${this.name} on ${this.local.name} has disk ${this.disk} and no UpToDate peer to serve it`;
+  }
+
+  private connectedPeers(): Peer[] {
+    return [...this.peers.values()].filter((p) => p.status().connection === 'Connected');
   }
 
   clientCount(): number {
@@ -285,13 +360,9 @@ export class Resource {
     // then connected clients are told ESHUTDOWN and closed.
     await this.nbd.disconnectClients(this.name, `${this.name} became Secondary`);
     await this.replicator?.flush().catch(() => undefined);
-    await this.requireReplica().change({ primary: false, crashedPrimary: false });
+    await this.replica?.change({ primary: false, crashedPrimary: false });
     for (const p of this.peers.values()) p.announceState();
     this.log.info({ force }, 'role changed to Secondary');
-  }
-
-  private connectedPeers(): Peer[] {
-    return [...this.peers.values()].filter((p) => p.status().connection === 'Connected');
   }
 
   /** Online verify against every connected peer. */
@@ -408,6 +479,7 @@ export class Resource {
     this.replica = null;
     if (replica) await replica.close(clean && this.disk !== 'Failed');
     this.exp = null;
+    if (this.disk === 'Failed') this.setDisk('Diskless', 'down');
     if (this.disk !== 'Diskless') this.setDisk('Diskless', 'detach');
   }
 
@@ -425,7 +497,7 @@ export class Resource {
       nodeId: this.local.nodeId,
       role: this.role,
       disk: this.disk,
-      sizeBytes: this.replica?.store.size ?? 0,
+      sizeBytes: this.exp?.size() ?? 0,
       nbd: {
         address: this.local.nbdAddress ? formatNbdAddress(this.listener?.address ?? this.local.nbdAddress) : null,
         clients: (this.exp?.clients() ?? []).map((c) => ({

@@ -233,3 +233,35 @@ describe.skipIf(missing.length > 0)('operator verbs on a pair', () => {
     expect(done).toBeGreaterThan(decision);
   });
 });
+
+describe.skipIf(missing.length > 0)('detach and attach', () => {
+  it('a Primary that detaches its disk keeps serving reads and writes through its UpToDate peer, and catches up on attach', async () => {
+    const p = await syncedPair();
+    await mustSucceed(p.alpha.cli('detach', 'r0'));
+    const a = await statusOf(p.alpha);
+    expect(a).toMatchObject({ role: 'Primary', disk: 'Diskless' });
+    await must('qemu-io', ['-f', 'raw', '-c', 'write -P 0x77 8M 1M', '-c', 'read -P 0x77 8M 1M', p.alpha.uri]);
+    // beta remembers what alpha's own disk is missing
+    await waitForStatus(p.beta, (s) => s.peers[0]!.outOfSyncBytes === 1024 * 1024);
+    const refused = await p.alpha.cli('attach', 'r0');
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toMatch(/ERR_ROLE/);
+    await mustSucceed(p.alpha.cli('secondary', 'r0'));
+    await mustSucceed(p.alpha.cli('attach', 'r0'));
+    await waitForStatus(p.alpha, (s) => s.disk === 'UpToDate' && s.peers[0]?.replication === 'Established');
+    await waitForStatus(p.beta, (s) => s.peers[0]?.outOfSyncBytes === 0);
+    await expectSameData(p);
+  });
+
+  it('a Secondary that detaches is marked for what it misses and resyncs only that on attach', async () => {
+    const p = await syncedPair();
+    await mustSucceed(p.beta.cli('detach', 'r0'));
+    await waitForStatus(p.alpha, (s) => s.peers[0]?.peerDisk === 'Diskless');
+    await must('qemu-io', ['-f', 'raw', '-c', 'write -P 0x31 0 256k', p.alpha.uri]);
+    expect((await statusOf(p.alpha)).peers[0]!.outOfSyncBytes).toBe(256 * 1024);
+    await mustSucceed(p.beta.cli('attach', 'r0'));
+    await waitForStatus(p.beta, (s) => s.disk === 'UpToDate' && s.peers[0]?.replication === 'Established');
+    await waitForStatus(p.alpha, (s) => s.peers[0]?.outOfSyncBytes === 0);
+    await expectSameData(p);
+  });
+});

@@ -91,9 +91,26 @@ const EXAMPLES: Example[] = [
     byUuids: { strategy: 'target-use-bitmap', rule: 'bitmap-peer' },
     input: input({ current: Y, consistent: false }, { current: X, bitmap: Y, consistent: false }),
   },
+  // Same generation, but writes reached one side while the other's disk was detached.
+  {
+    rule: 'dirty-self',
+    strategy: 'source-use-bitmap',
+    byUuids: { strategy: 'no-sync', rule: 'equal' },
+    input: input({ current: X, dirtyBlocks: 3 }, { current: X }),
+  },
+  {
+    rule: 'dirty-peer',
+    strategy: 'target-use-bitmap',
+    byUuids: { strategy: 'no-sync', rule: 'equal' },
+    input: input({ current: X }, { current: X, dirtyBlocks: 3 }),
+  },
 ];
 
 describe('sync decision: every rule', () => {
+  it('both sides dirty with the same generation: no side is known newer, nothing moves', () => {
+    expect(decideSync(input({ current: X, dirtyBlocks: 2 }, { current: X, dirtyBlocks: 5 }))).toEqual({ strategy: 'no-sync', rule: 'equal' });
+  });
+
   it('has an example of every rule', () => {
     expect(new Set(EXAMPLES.map((e) => e.rule))).toEqual(new Set(SYNC_RULES));
   });
@@ -180,6 +197,7 @@ describe('sync decision: symmetry', () => {
       history: [pick(), pick()],
       consistent: rnd() < 0.7,
       crashedPrimary: rnd() < 0.2,
+      dirtyBlocks: rnd() < 0.3 ? 1 + Math.floor(rnd() * 10) : 0,
     });
     const rules = new Set<SyncRule>();
     for (let n = 0; n < 20_000; n++) {

@@ -1,0 +1,526 @@
+import { pino } from 'pino';
+import { afterEach, describe, expect, it } from 'vitest';
+import { BITMAP_BLOCK_BYTES, Bitmap } from '../../src/meta/index.js';
+import type { Peer, ReplicatedWrite } from '../../src/replication/peer.js';
+import { RangeLock } from '../../src/replication/range-lock.js';
+import { Receiver } from '../../src/replication/receiver.js';
+import { Replicator } from '../../src/replication/replicator.js';
+import { RATE_TICK_MS, ResyncSource, ResyncTarget, type ResyncTargetOptions } from '../../src/replication/resync.js';
+import type { PeerOutcome } from '../../src/replication/transfer-log.js';
+import { WRITE_FLAGS, type Packet } from '../../src/replication/wire/index.js';
+import { ControlledStore, Wire, deferred, randomBuffer, seededRandom, sleep, turns, until } from '../helpers/controlled-store.js';
+
+const log = pino({ level: 'silent' });
+const KiB = 1024;
+const BLOCK = BITMAP_BLOCK_BYTES;
+
+interface RigOptions {
+  size?: number;
+  targetSize?: number;
+  /** [first block, count] marked in both bitmaps before the resync starts. */
+  marks?: Array<[number, number]>;
+  all?: boolean;
+  target?: Partial<ResyncTargetOptions>;
+  sourceCsums?: boolean;
+  /** Fill the stores: by default both random and different everywhere. */
+  sameOutsideMarks?: boolean;
+  seed?: number;
+}
+
+/**
+ * Two nodes in one process: the SyncSource (which is also the Primary, with
+ * a real Replicator) and the SyncTarget (a Receiver and a ResyncTarget
+ * sharing one apply lock, as the peer session wires them). The network is
+ * two ordered wires delivering asynchronously.
+ */
+async function rig(o: RigOptions = {}) {
+  const size = o.size ?? 1024 * KiB;
+  const src = new ControlledStore(size);
+  const dst = new ControlledStore(o.targetSize ?? size);
+  const rand = seededRandom(o.seed ?? 1);
+  const srcImage = randomBuffer(rand, size);
+  await src.inner.write(0, srcImage);
+  const dstImage = o.sameOutsideMarks ? Buffer.from(srcImage) : randomBuffer(rand, dst.size);
+  const srcBitmap = new Bitmap(size);
+  const dstBitmap = new Bitmap(dst.size);
+  for (const [first, count] of o.marks ?? []) {
+    srcBitmap.setBlocks(first, count);
+    dstBitmap.setBlocks(first, count);
+    if (o.sameOutsideMarks) {
+      // the marked blocks differ
+      randomBuffer(rand, count * BLOCK).copy(dstImage, first * BLOCK);
+    }
+  }
+  if (o.all) {
+    srcBitmap.setAll();
+    dstBitmap.setAll();
+  }
+  await dst.inner.write(0, dstImage.subarray(0, dst.size));
+  const originalTarget = Buffer.from(dstImage.subarray(0, dst.size));
+
+  const toSource = new Wire<Packet>();
+  const toTarget = new Wire<Packet>();
+  const srcLock = new RangeLock(); // the Primary's application write lock
+  const dstLock = new RangeLock(); // the Secondary's apply lock
+  const targetDone = deferred();
+  const sourceDone = deferred();
+  const failures: string[] = [];
+
+  const receiver = new Receiver(
+    dst,
+    dstLock,
+    { send: (p) => toSource.send(p) },
+    { written: (offset, length) => dstBitmap.clearRange(offset, length), diskFailed: () => undefined },
+    log,
+  );
+  const target = new ResyncTarget(
+    dst,
+    dstBitmap,
+    dstLock,
+    { send: (p) => toSource.send(p) },
+    { rateBytesPerSec: 0, ...o.target },
+    { done: () => targetDone.resolve(), failed: (reason) => failures.push(reason) },
+    log,
+  );
+  const source = new ResyncSource(
+    src,
+    srcBitmap,
+    srcLock,
+    { send: (p) => toTarget.send(p) },
+    { done: () => sourceDone.resolve() },
+    log,
+    o.sourceCsums ? (o.target?.csumsAlg ?? null) : null,
+  );
+
+  // The Primary's write path towards this peer (protocol C).
+  const acks = new Map<number, (o: PeerOutcome) => void>();
+  const barriers = new Map<number, (o: PeerOutcome) => void>();
+  const peer = {
+    nodeId: 1,
+    replicate(w: ReplicatedWrite): Promise<PeerOutcome> | null {
+      const done = new Promise<PeerOutcome>((resolve) => acks.set(w.seq, resolve));
+      toTarget.send({ kind: 'data', seq: w.seq, epoch: w.epoch, offset: w.offset, flags: WRITE_FLAGS.SEND_WRITE_ACK, payload: w.payload! });
+      // as Peer.replicate does while it is SyncSource
+      return done.then((outcome) => {
+        if (outcome === 'ok') source.replicatedWriteAcked(w.offset, w.length);
+        return outcome;
+      });
+    },
+    barrier(epoch: number): Promise<PeerOutcome> | null {
+      toTarget.send({ kind: 'barrier', epoch });
+      return new Promise<PeerOutcome>((resolve) => barriers.set(epoch, resolve));
+    },
+  } as unknown as Peer;
+  const replicator = new Replicator({
+    store: () => src,
+    peers: () => [peer],
+    bitmapFor: () => srcBitmap,
+    writeLock: srcLock,
+    flushLocal: () => src.flush(),
+    intent: null,
+    log,
+  });
+
+  toTarget.deliver = (p) => {
+    if (receiver.handle(p)) return;
+    if (target.handle(p)) return;
+    throw new Error(`target got an unexpected ${p.kind}`);
+  };
+  toSource.deliver = (p) => {
+    switch (p.kind) {
+      case 'write-ack':
+        acks.get(p.seq)?.('ok');
+        return;
+      case 'neg-ack':
+        acks.get(p.seq)?.('failed');
+        return;
+      case 'barrier-ack':
+        for (const [e, r] of barriers) if (e <= p.epoch) r('ok');
+        return;
+      default:
+        if (!source.handle(p)) throw new Error(`source got an unexpected ${p.kind}`);
+    }
+  };
+
+  const stop = (): void => {
+    target.stop();
+    source.stop();
+    replicator.stop();
+    toSource.cut();
+    toTarget.cut();
+  };
+  rigs.push(stop);
+
+  const markedBytes = srcBitmap.bytesOutOfSync();
+  return {
+    src,
+    dst,
+    srcBitmap,
+    dstBitmap,
+    target,
+    source,
+    replicator,
+    toSource,
+    toTarget,
+    targetDone: targetDone.promise,
+    sourceDone: sourceDone.promise,
+    failures,
+    originalTarget,
+    markedBytes,
+    stop,
+    kinds: (w: Wire<Packet>, kind: Packet['kind']) => w.sent.filter((p) => p.kind === kind),
+  };
+}
+
+const rigs: Array<() => void> = [];
+afterEach(() => {
+  for (const stop of rigs.splice(0)) stop();
+});
+
+async function image(s: ControlledStore): Promise<Buffer> {
+  return s.inner.read(0, s.size);
+}
+
+function blockOf(b: Buffer, block: number): Buffer {
+  return b.subarray(block * BLOCK, Math.min(b.length, (block + 1) * BLOCK));
+}
+
+describe('resync: bitmap-based copy (G6)', () => {
+  it('copies exactly the marked blocks, clears both bitmaps and reports progress', async () => {
+    const size = 3 * 256 * KiB + 1000; // the last block is partial
+    const marks: Array<[number, number]> = [
+      [0, 3],
+      [17, 1],
+      [60, 70], // longer than one request (64 blocks)
+      [192, 1], // the partial last block
+    ];
+    const r = await rig({ size, marks });
+    expect(r.markedBytes).toBe((3 + 1 + 70) * BLOCK + 1000);
+    expect(r.target.progress.totalBytes).toBe(r.markedBytes);
+    r.target.start();
+    await Promise.all([r.targetDone, r.sourceDone]);
+
+    const srcImg = await image(r.src);
+    const dstImg = await image(r.dst);
+    const marked = new Set<number>();
+    for (const [first, count] of marks) for (let b = first; b < first + count; b++) marked.add(b);
+    for (let b = 0; b < r.srcBitmap.blocks; b++) {
+      const want = marked.has(b) ? blockOf(srcImg, b) : blockOf(r.originalTarget, b);
+      expect(blockOf(dstImg, b).equals(want), `block ${b}`).toBe(true);
+    }
+    // only marked blocks were asked for, each once, in requests of at most 256 KiB
+    const requests = r.kinds(r.toSource, 'rs-data-request') as Array<{ offset: number; length: number }>;
+    let asked = 0;
+    for (const q of requests) {
+      expect(q.length).toBeLessThanOrEqual(256 * KiB);
+      for (let at = q.offset; at < q.offset + q.length; at += BLOCK) expect(marked.has(at / BLOCK), `requested block ${at / BLOCK}`).toBe(true);
+      asked += q.length;
+    }
+    expect(asked).toBe(r.markedBytes);
+    expect(r.srcBitmap.countSet()).toBe(0);
+    expect(r.dstBitmap.countSet()).toBe(0);
+    expect(r.target.progress.doneBytes).toBe(r.markedBytes);
+    expect(r.source.progress.doneBytes).toBe(r.markedBytes);
+    expect(r.kinds(r.toSource, 'sync-done')).toHaveLength(1);
+    expect(r.failures).toEqual([]);
+    // nothing but resync reads touched the source
+    expect(r.src.count('write')).toBe(0);
+  });
+
+  it('an empty bitmap finishes at once and moves nothing', async () => {
+    const r = await rig({ size: 256 * KiB });
+    r.target.start();
+    await Promise.all([r.targetDone, r.sourceDone]);
+    expect(r.kinds(r.toSource, 'rs-data-request')).toEqual([]);
+    expect((await image(r.dst)).equals(r.originalTarget)).toBe(true);
+  });
+
+  it('blocks marked behind the cursor during the resync are copied too', async () => {
+    const r = await rig({ size: 256 * KiB, marks: [[40, 2]] });
+    const held = r.src.hold('read');
+    r.target.start();
+    await held.reached;
+    // a block behind the first request becomes out of sync on both sides
+    r.srcBitmap.setBlocks(3, 1);
+    r.dstBitmap.setBlocks(3, 1);
+    held.release();
+    await Promise.all([r.targetDone, r.sourceDone]);
+    const srcImg = await image(r.src);
+    const dstImg = await image(r.dst);
+    expect(blockOf(dstImg, 3).equals(blockOf(srcImg, 3))).toBe(true);
+    expect(blockOf(dstImg, 40).equals(blockOf(srcImg, 40))).toBe(true);
+    expect(r.dstBitmap.countSet()).toBe(0);
+  });
+});
+
+describe('resync racing application writes: never the older data', () => {
+  const X = 5 * BLOCK;
+  const fill = (v: number): Buffer => Buffer.alloc(BLOCK, v);
+
+  async function seed(r: Awaited<ReturnType<typeof rig>>): Promise<void> {
+    await r.src.inner.write(X, fill(0x01)); // old
+    await r.dst.inner.write(X, fill(0xee)); // stale
+  }
+
+  it('an application write arriving while the source reads the block for the resync', async () => {
+    const r = await rig({ size: 64 * KiB, marks: [[5, 1]] });
+    await seed(r);
+    const read = r.src.hold('read', (o) => o === X);
+    r.target.start();
+    await read.reached;
+    const w = r.replicator.write(X, fill(0x02), false);
+    await turns();
+    // the write waits for the resync read's lock: nothing sent yet
+    expect(r.kinds(r.toTarget, 'data')).toEqual([]);
+    read.release();
+    await w;
+    await Promise.all([r.targetDone, r.sourceDone]);
+    // the reply (old) went out before the write (new)
+    expect(r.toTarget.sent.map((p) => p.kind).filter((k) => k === 'rs-data-reply' || k === 'data')).toEqual(['rs-data-reply', 'data']);
+    expect((await r.dst.inner.read(X, BLOCK)).equals(fill(0x02))).toBe(true);
+    expect((await r.src.inner.read(X, BLOCK)).equals(fill(0x02))).toBe(true);
+  });
+
+  it('a resync request arriving while the application write holds the block', async () => {
+    const r = await rig({ size: 64 * KiB, marks: [[5, 1]] });
+    await seed(r);
+    const local = r.src.hold('write', (o) => o === X);
+    const w = r.replicator.write(X, fill(0x02), false);
+    await local.reached;
+    r.target.start();
+    await turns(10);
+    // the source waits for the write lock before reading
+    expect(r.kinds(r.toTarget, 'rs-data-reply')).toEqual([]);
+    local.release();
+    await w;
+    await Promise.all([r.targetDone, r.sourceDone]);
+    const reply = r.kinds(r.toTarget, 'rs-data-reply')[0] as { payload: Buffer };
+    expect(reply.payload.equals(fill(0x02))).toBe(true);
+    expect((await r.dst.inner.read(X, BLOCK)).equals(fill(0x02))).toBe(true);
+  });
+
+  it('the target is still writing the resync copy when the newer application write arrives', async () => {
+    const r = await rig({ size: 64 * KiB, marks: [[5, 1]] });
+    await seed(r);
+    const slowReply = r.dst.hold('write', (o) => o === X);
+    r.target.start();
+    await slowReply.reached;
+    const w = r.replicator.write(X, fill(0x02), false);
+    await turns(10);
+    slowReply.release();
+    await w;
+    await Promise.all([r.targetDone, r.sourceDone]);
+    expect(r.dst.events.filter((e) => e.startsWith('write'))).toEqual([`write ${X}+${BLOCK}`, `write ${X}+${BLOCK}`]);
+    expect((await r.dst.inner.read(X, BLOCK)).equals(fill(0x02))).toBe(true);
+    expect(r.dstBitmap.countSet()).toBe(0);
+  });
+
+  it('seeded: application writes throughout a resync, random disk latency on both nodes; the replicas end identical', async () => {
+    for (const seedValue of [7, 8, 9]) {
+      const rand = seededRandom(seedValue);
+      const size = 512 * KiB;
+      const marks: Array<[number, number]> = [];
+      for (let i = 0; i < 24; i++) marks.push([Math.floor(rand() * 126), 1 + Math.floor(rand() * 2)]);
+      const r = await rig({ size, marks, sameOutsideMarks: true, seed: seedValue, target: { requestBytes: 16 * KiB, maxInFlightBytes: 64 * KiB } });
+      const latency = (): number => (rand() < 0.3 ? 1 + Math.floor(rand() * 2) : 0);
+      r.src.latency = latency;
+      r.dst.latency = latency;
+      r.target.start();
+      const writes: Array<Promise<void>> = [];
+      for (let i = 0; i < 120; i++) {
+        const length = 512 * (1 + Math.floor(rand() * 24));
+        const offset = 512 * Math.floor(rand() * ((size - length) / 512));
+        writes.push(r.replicator.write(offset, randomBuffer(rand, length), false));
+        if (rand() < 0.5) await turns(1 + Math.floor(rand() * 3));
+      }
+      await Promise.all(writes);
+      await Promise.all([r.targetDone, r.sourceDone]);
+      const srcImg = await image(r.src);
+      const dstImg = await image(r.dst);
+      for (let b = 0; b < size / BLOCK; b++) expect(blockOf(dstImg, b).equals(blockOf(srcImg, b)), `seed ${seedValue} block ${b}`).toBe(true);
+      expect(r.dstBitmap.countSet()).toBe(0);
+      // (the source's bitmap is checked by the test below)
+      r.stop();
+    }
+  });
+});
+
+describe('resync: the source bitmap after the end', () => {
+  it('holds no bit for a block that an application write brought over in full during the resync', async () => {
+    const r = await rig({ size: 64 * KiB, sameOutsideMarks: true, marks: [[5, 1], [9, 1]], target: { requestBytes: BLOCK, maxInFlightBytes: BLOCK } });
+    const read = r.src.hold('read', (o) => o === 5 * BLOCK);
+    r.target.start();
+    await read.reached;
+    // block 9 is written whole by the application and replicated before the
+    // target gets to ask for it: the target's receiver clears its bit 9
+    await r.replicator.write(9 * BLOCK, Buffer.alloc(BLOCK, 0x99), false);
+    expect(r.dstBitmap.test(9)).toBe(false);
+    read.release();
+    await Promise.all([r.targetDone, r.sourceDone]);
+    expect(r.kinds(r.toSource, 'rs-data-request')).toEqual([{ kind: 'rs-data-request', id: 1, offset: 5 * BLOCK, length: BLOCK }]);
+    expect((await image(r.dst)).equals(await image(r.src))).toBe(true);
+    expect(r.dstBitmap.countSet()).toBe(0);
+    // both replicas are identical and the resync ended: nothing may stay marked
+    expect(r.srcBitmap.countSet()).toBe(0);
+    expect(r.source.progress.doneBytes).toBe(r.source.progress.totalBytes);
+  });
+});
+
+describe('resync: rate, pause, stop', () => {
+  it('honours the rate limit (roughly) and still makes progress', async () => {
+    const requestBytes = 64 * KiB;
+    const rate = 512 * KiB; // bytes per second
+    const r = await rig({ size: 1024 * KiB, all: true, target: { rateBytesPerSec: rate, requestBytes } });
+    const burst = Math.max(requestBytes, rate / 10);
+    const started = Date.now();
+    r.target.start();
+    await sleep(200);
+    const elapsed = Date.now() - started;
+    const requested = (r.kinds(r.toSource, 'rs-data-request') as Array<{ length: number }>).reduce((n, q) => n + q.length, 0);
+    // rate × time, plus the initial burst, plus the one request that may overdraw
+    expect(requested).toBeLessThanOrEqual((rate * Math.max(elapsed, 200)) / 1000 + burst + requestBytes);
+    expect(requested).toBeGreaterThan(requestBytes); // the refill ran
+    expect(r.target.progress.doneBytes).toBeLessThanOrEqual(requested);
+    expect(r.target.progress.doneBytes).toBeGreaterThan(0);
+    expect(r.dstBitmap.countSet()).toBeGreaterThan(0);
+    expect(RATE_TICK_MS).toBeLessThan(200);
+  });
+
+  it('without a rate limit, it is bounded only by the bytes in flight', async () => {
+    const r = await rig({ size: 1024 * KiB, all: true, target: { requestBytes: 64 * KiB, maxInFlightBytes: 128 * KiB } });
+    const held = r.src.hold('read');
+    r.target.start();
+    await held.reached;
+    expect(r.kinds(r.toSource, 'rs-data-request')).toHaveLength(2);
+    held.release();
+    await Promise.all([r.targetDone, r.sourceDone]);
+    expect((await image(r.dst)).equals(await image(r.src))).toBe(true);
+  });
+
+  it('pause stops new requests; resume continues to the end', async () => {
+    const r = await rig({ size: 512 * KiB, all: true, target: { requestBytes: 64 * KiB, maxInFlightBytes: 64 * KiB } });
+    const held = r.src.hold('read');
+    r.target.start();
+    await held.reached;
+    expect(r.kinds(r.toSource, 'rs-data-request')).toHaveLength(1);
+    r.target.pause();
+    expect(r.target.progress.paused).toBe(true);
+    held.release();
+    await until(() => r.target.progress.doneBytes === 64 * KiB, 2000, 'the request in flight to complete');
+    await sleep(20);
+    // the request in flight completed; no new one went out
+    expect(r.kinds(r.toSource, 'rs-data-request')).toHaveLength(1);
+    expect(r.dstBitmap.countSet()).toBe(128 - 16);
+    let finished = false;
+    void r.targetDone.then(() => (finished = true));
+    await turns();
+    expect(finished).toBe(false);
+    r.target.resume();
+    expect(r.target.progress.paused).toBe(false);
+    await Promise.all([r.targetDone, r.sourceDone]);
+    expect(r.kinds(r.toSource, 'rs-data-request')).toHaveLength(8);
+    expect((await image(r.dst)).equals(await image(r.src))).toBe(true);
+    expect(r.target.progress.doneBytes).toBe(512 * KiB);
+  });
+
+  it('stop: what was not copied stays marked and nothing more is asked', async () => {
+    const r = await rig({ size: 512 * KiB, all: true, target: { requestBytes: 64 * KiB, maxInFlightBytes: 64 * KiB } });
+    const held = r.src.hold('read');
+    r.target.start();
+    await held.reached;
+    // the connection goes away: both ends stop, the network drops what is in flight
+    r.stop();
+    held.release();
+    await sleep(20);
+    expect(r.kinds(r.toSource, 'rs-data-request')).toHaveLength(1);
+    expect(r.dstBitmap.countSet()).toBe(128);
+    expect(r.srcBitmap.countSet()).toBe(128);
+    expect((await image(r.dst)).equals(r.originalTarget)).toBe(true);
+  });
+});
+
+describe('resync: checksum mode (csums-alg)', () => {
+  it('sends no data for equal blocks and copies the differing ones', async () => {
+    const size = 64 * KiB;
+    const r = await rig({
+      size,
+      all: true,
+      sameOutsideMarks: true,
+      sourceCsums: true,
+      target: { csumsAlg: 'sha256', requestBytes: BLOCK },
+    });
+    // make the target equal everywhere except blocks 3, 7 and 15
+    const srcImg = await image(r.src);
+    const dstImg = Buffer.from(srcImg);
+    for (const b of [3, 7, 15]) dstImg.fill(b, b * BLOCK, (b + 1) * BLOCK);
+    await r.dst.inner.write(0, dstImg);
+    r.target.start();
+    await Promise.all([r.targetDone, r.sourceDone]);
+    expect(r.kinds(r.toSource, 'rs-data-request')).toEqual([]);
+    expect(r.kinds(r.toSource, 'csum-rs-request')).toHaveLength(16);
+    const replies = r.kinds(r.toTarget, 'rs-data-reply') as Array<{ offset: number }>;
+    expect(replies.map((p) => p.offset / BLOCK).sort((a, b) => a - b)).toEqual([3, 7, 15]);
+    expect(r.kinds(r.toTarget, 'rs-is-in-sync')).toHaveLength(13);
+    expect(r.source.sameBytes).toBe(13 * BLOCK);
+    expect((await image(r.dst)).equals(srcImg)).toBe(true);
+    expect(r.srcBitmap.countSet()).toBe(0);
+    expect(r.dstBitmap.countSet()).toBe(0);
+    expect(r.target.progress.doneBytes).toBe(size);
+    expect(r.source.progress.doneBytes).toBe(size);
+  });
+
+  it('a block the target cannot read is sent in full', async () => {
+    const r = await rig({ size: 32 * KiB, all: true, sameOutsideMarks: true, sourceCsums: true, target: { csumsAlg: 'crc32c', requestBytes: BLOCK } });
+    const srcImg = await image(r.src);
+    await r.dst.inner.write(0, srcImg); // identical, but unreadable
+    r.dst.inner.failWith('EIO', ['read']);
+    r.target.start();
+    await Promise.all([r.targetDone, r.sourceDone]);
+    expect(r.kinds(r.toTarget, 'rs-data-reply')).toHaveLength(8);
+    expect(r.kinds(r.toTarget, 'rs-is-in-sync')).toHaveLength(0);
+    r.dst.inner.failWith(undefined);
+    expect((await image(r.dst)).equals(srcImg)).toBe(true);
+  });
+});
+
+describe('resync: failures', () => {
+  it('a NEG_RS_REPLY (the source cannot read) fails the resync with a reason; the bits stay', async () => {
+    const r = await rig({ size: 64 * KiB, marks: [[2, 1]] });
+    r.src.inner.failWith('EIO', ['read']);
+    let finished = false;
+    void r.targetDone.then(() => (finished = true));
+    r.target.start();
+    await until(() => r.failures.length > 0, 2000, 'the failure');
+    expect(r.kinds(r.toTarget, 'neg-rs-reply')).toEqual([{ kind: 'neg-rs-reply', id: 1, errno: 5 }]);
+    expect(r.failures[0]).toMatch(/could not read.*errno 5/);
+    expect(finished).toBe(false);
+    expect(r.dstBitmap.test(2)).toBe(true);
+    expect(r.srcBitmap.test(2)).toBe(true);
+  });
+
+  it('a request beyond the source disk is refused with EINVAL', async () => {
+    const r = await rig({ size: 64 * KiB, targetSize: 128 * KiB, marks: [] });
+    r.dstBitmap.setBlocks(20, 1);
+    r.target.start();
+    await until(() => r.failures.length > 0, 2000, 'the failure');
+    expect(r.kinds(r.toTarget, 'neg-rs-reply')).toEqual([{ kind: 'neg-rs-reply', id: 1, errno: 22 }]);
+    expect(r.failures[0]).toMatch(/errno 22/);
+  });
+
+  it('a target disk that fails the resync write fails the resync and keeps the bit', async () => {
+    const r = await rig({ size: 64 * KiB, marks: [[2, 1]] });
+    r.dst.inner.failWith('EIO', ['write']);
+    r.target.start();
+    await until(() => r.failures.length > 0, 2000, 'the failure');
+    expect(r.failures[0]).toMatch(/writing resync data at 8192/);
+    expect(r.dstBitmap.test(2)).toBe(true);
+    expect(r.kinds(r.toSource, 'rs-write-ack')).toEqual([]);
+  });
+
+  it('a reply the target did not ask for fails the resync', async () => {
+    const r = await rig({ size: 64 * KiB, marks: [] });
+    r.target.handle({ kind: 'rs-data-reply', id: 99, offset: 0, payload: Buffer.alloc(BLOCK) });
+    expect(r.failures[0]).toMatch(/unexpected RS_DATA_REPLY id 99/);
+    expect(r.dst.count('write')).toBe(0);
+  });
+});
