@@ -30,6 +30,11 @@ export interface NetOptions {
   verifyAlg: 'crc32c' | 'md5' | 'sha1' | 'sha256';
   /** Digest for checksum-based resync; 'none' copies every marked block. */
   csumsAlg: 'none' | 'crc32c' | 'md5' | 'sha1' | 'sha256';
+  /** TLS on the replication link (mutual: both sides present certificates). */
+  tls: boolean;
+  tlsKeyFile: string | null;
+  tlsCertFile: string | null;
+  tlsCaFile: string | null;
   /** HMAC used for the peer challenge when a shared secret is set. */
   cramHmacAlg: CramHmacAlg;
 }

@@ -117,7 +117,22 @@ export const SECTIONS: Readonly<Record<SectionName, SectionRule>> = {
       { key: 'verify-alg', field: 'verifyAlg', type: v.keyword(['crc32c', 'md5', 'sha1', 'sha256']), default: 'crc32c' },
       // Checksum-based resync: only blocks whose digests differ move ('none': off).
       { key: 'csums-alg', field: 'csumsAlg', type: v.keyword(['none', 'crc32c', 'md5', 'sha1', 'sha256']), default: 'none' },
+      // TLS on the replication link: both sides present certificates; with
+      // tls-ca each accepts only peers whose certificate that CA signed.
+      { key: 'tls', field: 'tls', type: v.yesNo, default: false },
+      { key: 'tls-key', field: 'tlsKeyFile', type: v.optional(v.path), default: null },
+      { key: 'tls-cert', field: 'tlsCertFile', type: v.optional(v.path), default: null },
+      { key: 'tls-ca', field: 'tlsCaFile', type: v.optional(v.path), default: null },
     ],
+    check: (values, at) => {
+      if (values.tls !== true) return;
+      for (const [field, key] of [['tlsKeyFile', 'tls-key'], ['tlsCertFile', 'tls-cert']] as const) {
+        if (values[field] === null) {
+          const tok = at('tls')!;
+          throw configError(tok.file, tok.line, tok.column, `found 'tls yes' without '${key}', expected tls-key and tls-cert for TLS between peers`);
+        }
+      }
+    },
   },
   disk: {
     takesName: false,

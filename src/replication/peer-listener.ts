@@ -5,12 +5,13 @@
  * violation closes that one connection, with the reason logged.
  */
 import net from 'node:net';
+import tls from 'node:tls';
 import type { Logger } from 'pino';
 import type { TcpAddress } from '../config/model.js';
 import { MirrorError } from '../errors.js';
 import { PeerChannel } from './channel.js';
 import { openChannel } from './opening.js';
-import type { Peer } from './peer.js';
+import type { Peer, PeerTls } from './peer.js';
 
 export interface PeerListenerOptions {
   address: TcpAddress;
@@ -22,6 +23,7 @@ export interface PeerListenerOptions {
   maxPacketBytes: number;
   peers: ReadonlyMap<number, Peer>;
   log: Logger;
+  tls?: PeerTls | null;
 }
 
 export class PeerListener {
@@ -29,7 +31,13 @@ export class PeerListener {
   private readonly pending = new Set<PeerChannel>();
 
   constructor(private readonly o: PeerListenerOptions) {
-    this.server = net.createServer((socket) => this.accepted(socket));
+    const t = o.tls;
+    this.server = t
+      ? tls.createServer({ key: t.key, cert: t.cert, ca: t.ca, requestCert: true, rejectUnauthorized: t.ca !== undefined }, (socket) =>
+          this.accepted(socket),
+        )
+      : net.createServer((socket) => this.accepted(socket));
+    if (t) this.server.on('tlsClientError', (e) => o.log.warn({ reason: e.message }, 'refused a peer connection: TLS handshake failed'));
   }
 
   listen(): Promise<void> {

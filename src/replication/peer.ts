@@ -9,6 +9,7 @@
  * redials every `connect-int`, the acceptor waits.
  */
 import net from 'node:net';
+import tls from 'node:tls';
 import type { Logger } from 'pino';
 import { MirrorError } from '../errors.js';
 import type { NetOptions, NodeConfig } from '../config/model.js';
@@ -55,6 +56,15 @@ export interface PeerOptions {
   log: Logger;
   /** State changes for the event stream. */
   onEvent?: (e: { type: string; [field: string]: unknown }) => void;
+  /** TLS material when `net { tls yes; }` (PEM). */
+  tls?: PeerTls | null;
+}
+
+export interface PeerTls {
+  key: Buffer;
+  cert: Buffer;
+  /** With a CA, only peers whose certificate it signed are accepted. */
+  ca?: Buffer;
 }
 
 export type WriteKind = 'data' | 'zeroes' | 'trim';
@@ -231,7 +241,12 @@ export class Peer {
 
   private dialChannel(host: string, port: number, channel: Channel, sessionId: bigint): Promise<{ ch: PeerChannel; opened: OpenedChannel }> {
     return new Promise((resolve, reject) => {
-      const socket = net.createConnection({ host, port });
+      const t = this.o.tls;
+      // Peers are authenticated by the CA (when given) and always by the
+      // shared-secret HMAC; host names do not identify them.
+      const socket: net.Socket = t
+        ? tls.connect({ host, port, key: t.key, cert: t.cert, ca: t.ca, rejectUnauthorized: t.ca !== undefined, checkServerIdentity: () => undefined })
+        : net.createConnection({ host, port });
       const timer = setTimeout(() => {
         socket.destroy();
         reject(new Error(`connecting to ${host}:${port} timed out`));
@@ -241,7 +256,7 @@ export class Peer {
         clearTimeout(timer);
         reject(new Error(`connecting to ${host}:${port}: ${e.message}`));
       });
-      socket.once('connect', () => {
+      socket.once(t ? 'secureConnect' : 'connect', () => {
         clearTimeout(timer);
         socket.removeAllListeners('error');
         const ch = new PeerChannel(socket, channel, this.log, this.o.maxPayloadBytes + 64 * 1024);
@@ -649,7 +664,18 @@ export class Peer {
 
   private startPings(s: Session): void {
     s.pingTimer = setInterval(() => {
-      if (s.closed || s.pingDeadline) return;
+      if (s.closed) return;
+      // ko-count: a peer that has not completed a write for ko-count x timeout
+      // is dropped (StandAlone), so one stuck peer cannot hang every write.
+      const koMs = this.o.net.koCount * this.o.net.timeoutMs;
+      if (koMs > 0 && s.tl.oldestUnansweredMs(Date.now()) > koMs) {
+        void this.endSession(s, `ko-count: a write waited more than ${koMs} ms for the peer`).then(() => {
+          this.clearDial();
+          if (this.connection !== 'StandAlone') this.setConnection('StandAlone');
+        });
+        return;
+      }
+      if (s.pingDeadline) return;
       if (Date.now() - s.lastHeardMs < this.o.net.pingIntMs) return;
       this.send(s, { kind: 'ping' });
       s.pingDeadline = setTimeout(() => void this.endSession(s, `no PING_ACK within ${this.o.net.pingTimeoutMs} ms`), this.o.net.pingTimeoutMs);

@@ -21,6 +21,7 @@ interface Entry {
   offset: number;
   length: number;
   epoch: number;
+  sentAtMs: number;
   /** Called once, when the protocol's acknowledgement arrives or the peer is lost. */
   notify: ((outcome: PeerOutcome) => void) | null;
 }
@@ -46,7 +47,7 @@ export class TransferLog {
    */
   add(seq: number, offset: number, length: number, epoch: number, notify: (outcome: PeerOutcome) => void): void {
     assert.ok(!this.entries.has(seq), `sequence ${seq} logged twice`);
-    const entry: Entry = { offset, length, epoch, notify };
+    const entry: Entry = { offset, length, epoch, sentAtMs: Date.now(), notify };
     this.entries.set(seq, entry);
     if (this.protocol === 'A') this.settle(entry, 'ok');
   }
@@ -106,6 +107,16 @@ export class TransferLog {
         for (const e of taken) this.settle(e, 'lost');
       },
     };
+  }
+
+  /**
+   * How long the oldest write still waiting for its protocol's answer has
+   * waited (0 when none waits): what ko-count watches.
+   */
+  oldestUnansweredMs(nowMs: number): number {
+    let oldest = nowMs;
+    for (const e of this.entries.values()) if (e.notify !== null && e.sentAtMs < oldest) oldest = e.sentAtMs;
+    return nowMs - oldest;
   }
 
   private settle(e: Entry, outcome: PeerOutcome): void {

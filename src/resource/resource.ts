@@ -252,6 +252,10 @@ export class Resource {
     }
     if (this.config.net.sharedSecret === null) this.log.warn('no shared-secret: peers are not authenticated');
     const port = this.port();
+    const net = this.config.net;
+    const tls = net.tls
+      ? { key: (await readPem(net.tlsKeyFile))!, cert: (await readPem(net.tlsCertFile))!, ca: await readPem(net.tlsCaFile) }
+      : null;
     for (const n of others) {
       this.peers.set(
         n.nodeId,
@@ -264,6 +268,7 @@ export class Resource {
           maxPayloadBytes: this.config.nbd.maxPayloadBytes,
           log: this.log,
           onEvent: (e) => this.emit({ ...e, peer: n.name }),
+          tls,
         }),
       );
     }
@@ -277,6 +282,7 @@ export class Resource {
       maxPacketBytes: this.config.nbd.maxPayloadBytes + 64 * 1024,
       peers: this.peers,
       log: this.log,
+      tls,
     });
     await this.peerListener.listen();
     for (const p of this.peers.values()) p.connect();

@@ -265,3 +265,30 @@ describe.skipIf(missing.length > 0)('detach and attach', () => {
     await expectSameData(p);
   });
 });
+
+describe.skipIf(missing.length > 0 || missingTools('openssl').length > 0)('TLS between peers', () => {
+  it('replicates over TLS with a CA, and a peer without TLS cannot connect', async () => {
+    const p = await pair();
+    const key = path.join(p.dir, 'peer.key');
+    const cert = path.join(p.dir, 'peer.crt');
+    await must('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=mirrorbd-peer']);
+    await p.writeConfig(`shared-secret "s"; tls yes; tls-key ${key}; tls-cert ${cert}; tls-ca ${cert};`);
+    // beta without TLS first: alpha's TLS listener must refuse it
+    const plain = path.join(p.dir, 'beta-plain.conf');
+    await fsp.writeFile(plain, (await fsp.readFile(p.configFile, 'utf8')).replace(/tls yes;[^}]*tls-ca [^;]+;/, ''));
+    const betaPlain = (...args: string[]) => runCli(plain, 'beta', args);
+    await mustSucceed(p.alpha.cli('create-md', 'r0'));
+    await mustSucceed(betaPlain('create-md', 'r0'));
+    await mustSucceed(p.alpha.cli('up', 'r0'));
+    await mustSucceed(betaPlain('up', 'r0'));
+    await mustSucceed(p.alpha.cli('primary', 'r0', '--force'));
+    await new Promise((r) => setTimeout(r, 2500));
+    expect((await statusOf(p.alpha)).peers[0]!.connection).not.toBe('Connected');
+    // beta with TLS: it connects and syncs
+    await mustSucceed(betaPlain('down', 'r0'));
+    await mustSucceed(p.beta.cli('up', 'r0'));
+    await waitForStatus(p.beta, (s) => s.disk === 'UpToDate' && s.peers[0]?.replication === 'Established');
+    await must('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5c 0 128k', p.alpha.uri]);
+    await expectSameData(p);
+  });
+});

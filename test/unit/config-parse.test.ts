@@ -46,6 +46,10 @@ test('every key is read into the model', () => {
     dataIntegrityAlg: 'crc32c',
     verifyAlg: 'sha256',
     csumsAlg: 'md5',
+    tls: false,
+    tlsKeyFile: null,
+    tlsCertFile: null,
+    tlsCaFile: null,
   });
   expect(r.disk).toEqual({ resyncRateBytesPerSec: 250 * 1024, alExtents: 7, onIoError: 'pass_on' });
   expect(r.nbd).toEqual({
@@ -79,7 +83,7 @@ test('defaults fill everything left out', () => {
   const c = parseConfig('resource r { on a { node-id 0; disk /d; } }', 'min.conf');
   expect(c.global).toEqual({ runDir: '/run/mirrorbd', logLevel: 'info' });
   const r = c.resources[0]!;
-  expect(r.net).toEqual({ protocol: 'C', pingIntMs: 10_000, pingTimeoutMs: 500, connectIntMs: 10_000, timeoutMs: 6000, koCount: 7, sharedSecret: null, cramHmacAlg: 'sha256', dataIntegrityAlg: 'none', verifyAlg: 'crc32c', csumsAlg: 'none' });
+  expect(r.net).toEqual({ protocol: 'C', pingIntMs: 10_000, pingTimeoutMs: 500, connectIntMs: 10_000, timeoutMs: 6000, koCount: 7, sharedSecret: null, cramHmacAlg: 'sha256', dataIntegrityAlg: 'none', verifyAlg: 'crc32c', csumsAlg: 'none', tls: false, tlsKeyFile: null, tlsCertFile: null, tlsCaFile: null });
   expect(r.disk).toEqual({ resyncRateBytesPerSec: 100 * 1024 * 1024, alExtents: 1237, onIoError: 'detach' });
   expect(r.nbd).toEqual({ tls: 'off', tlsKeyFile: null, tlsCertFile: null, tlsCaFile: null, allow: [], maxPayloadBytes: 32 * 1024 * 1024, description: null });
   expect(r.options).toEqual({ quorum: 'off', onNoQuorum: 'suspend-io', autoPromote: true });
