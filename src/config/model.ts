@@ -47,6 +47,15 @@ export interface DiskOptions {
   resyncRateBytesPerSec: number;
   alExtents: number;
   onIoError: OnIoError;
+  /**
+   * Dynamic resync rate: 0 = the fixed resyncRateBytesPerSec; otherwise the
+   * rate follows how fast resync requests are answered, aiming at
+   * cDelayTargetMs, between the min and max rates, adjusting over this span.
+   */
+  cPlanAheadMs: number;
+  cDelayTargetMs: number;
+  cMinRateBytesPerSec: number;
+  cMaxRateBytesPerSec: number;
 }
 
 export type TlsModeSetting = 'off' | 'optional' | 'required';

@@ -140,8 +140,14 @@ export const SECTIONS: Readonly<Record<SectionName, SectionRule>> = {
     keys: [
       // Bare numbers are KiB/s, as in DRBD.
       { key: 'resync-rate', field: 'resyncRateBytesPerSec', type: v.size(1024, 1024 ** 4, 1024), default: 100 * 1024 ** 2 },
-      { key: 'al-extents', field: 'alExtents', type: v.integer(7, 65536), default: 1237 },
+      // The 32 KiB activity-log area holds at most 6216 (docs/metadata.md).
+      { key: 'al-extents', field: 'alExtents', type: v.integer(7, 6216), default: 1237 },
       { key: 'on-io-error', field: 'onIoError', type: v.keyword(['detach', 'pass_on']), default: 'detach' },
+      // The dynamic resync controller (DRBD's c-*): 0 keeps the fixed resync-rate.
+      { key: 'c-plan-ahead', field: 'cPlanAheadMs', type: v.seconds(0, 30 * SECONDS, true), default: 0 },
+      { key: 'c-delay-target', field: 'cDelayTargetMs', type: v.seconds(10, 10 * SECONDS, true), default: 100 },
+      { key: 'c-min-rate', field: 'cMinRateBytesPerSec', type: v.size(1024, 1024 ** 4, 1024), default: 4 * 1024 ** 2 },
+      { key: 'c-max-rate', field: 'cMaxRateBytesPerSec', type: v.size(1024, 1024 ** 4, 1024), default: 1024 ** 3 },
     ],
   },
   nbd: {

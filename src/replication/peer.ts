@@ -25,6 +25,7 @@ import { newSessionId, openChannel, type OpenedChannel } from './opening.js';
 import type { ReplicaPort, SyncRole } from './replica-port.js';
 import { Receiver } from './receiver.js';
 import { ResyncSource, ResyncTarget, type ResyncProgress } from './resync.js';
+import type { RateSettings } from './rate-controller.js';
 import { decideSync, describeSyncDecision, isSplitBrain, type SyncDecision, type SyncSide } from './sync-decision.js';
 import { TransferLog, type PeerOutcome } from './transfer-log.js';
 import { VerifySource, answerVerify, type DigestAlg, type VerifyProgress } from './verify.js';
@@ -51,7 +52,7 @@ export interface PeerOptions {
   self: NodeConfig;
   peer: NodeConfig;
   net: NetOptions;
-  resyncRateBytesPerSec: number;
+  resyncRate: RateSettings;
   maxPayloadBytes: number;
   log: Logger;
   /** State changes for the event stream. */
@@ -492,7 +493,7 @@ export class Peer {
     } else {
       this.setReplication('SyncTarget');
       s.target = new ResyncTarget(store, bitmap, port.applyLock, { send: (p) => this.send(s, p) },
-        { rateBytesPerSec: this.o.resyncRateBytesPerSec, csumsAlg: this.csumsAlg() },
+        { rate: this.o.resyncRate, csumsAlg: this.csumsAlg() },
         {
           done: () => void this.resyncDone(s, 'target'),
           failed: (reason) => void this.endSession(s, `resync failed: ${reason}`),

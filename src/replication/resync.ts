@@ -20,6 +20,7 @@ import { BITMAP_BLOCK_BYTES, type Bitmap } from '../meta/index.js';
 import type { RangeLock } from './range-lock.js';
 import type { Packet } from './wire/index.js';
 import { digest, type DigestAlg } from './verify.js';
+import { RateController, type RateSettings } from './rate-controller.js';
 
 export const DEFAULT_RESYNC_REQUEST_BYTES = 256 * 1024;
 export const DEFAULT_RESYNC_IN_FLIGHT_BYTES = 8 * 1024 * 1024;
@@ -41,8 +42,8 @@ export interface ResyncProgress {
 }
 
 export interface ResyncTargetOptions {
-  /** Bytes per second; 0 for no limit. */
-  rateBytesPerSec: number;
+  /** Fixed bytes per second (0: no limit), or the dynamic controller's settings. */
+  rate: RateSettings;
   /** Checksum-based resync: send the digest of our block, get data only if it differs. */
   csumsAlg?: DigestAlg | null;
   requestBytes?: number;
@@ -59,6 +60,8 @@ export interface ResyncTargetHooks {
 interface Outstanding {
   offset: number;
   length: number;
+  /** When the request went out (target side), for the rate controller. */
+  sentAtMs?: number;
 }
 
 export class ResyncTarget {
@@ -73,6 +76,7 @@ export class ResyncTarget {
   readonly progress: ResyncProgress;
   private readonly requestBytes: number;
   private readonly maxInFlightBytes: number;
+  private readonly controller: RateController;
 
   constructor(
     private readonly store: BlockStore,
@@ -85,14 +89,16 @@ export class ResyncTarget {
   ) {
     this.requestBytes = opts.requestBytes ?? DEFAULT_RESYNC_REQUEST_BYTES;
     this.maxInFlightBytes = opts.maxInFlightBytes ?? DEFAULT_RESYNC_IN_FLIGHT_BYTES;
+    this.controller = new RateController(opts.rate);
     this.tokens = this.burst();
     this.progress = { totalBytes: bitmap.bytesOutOfSync(), doneBytes: 0, startedAtMs: Date.now(), paused: false };
   }
 
   start(): void {
-    if (this.opts.rateBytesPerSec > 0) {
+    if (this.controller.bytesPerSec > 0) {
       this.refill = setInterval(() => {
-        this.tokens = Math.min(this.burst(), this.tokens + (this.opts.rateBytesPerSec * RATE_TICK_MS) / 1000);
+        const rate = this.controller.tick(RATE_TICK_MS);
+        this.tokens = Math.min(this.burst(), this.tokens + (rate * RATE_TICK_MS) / 1000);
         this.pump();
       }, RATE_TICK_MS);
       this.refill.unref();
@@ -146,9 +152,14 @@ export class ResyncTarget {
     }
   }
 
+  /** The rate the controller allows now (bytes per second; 0: unlimited). */
+  get rateBytesPerSec(): number {
+    return this.controller.bytesPerSec;
+  }
+
   private burst(): number {
     // Allow up to a tenth of a second of rate at once, and at least one request.
-    const r = this.opts.rateBytesPerSec;
+    const r = this.controller.bytesPerSec;
     return r > 0 ? Math.max(this.requestBytes, r / 10) : Number.POSITIVE_INFINITY;
   }
 
@@ -179,6 +190,7 @@ export class ResyncTarget {
 
   private completed(id: number, req: Outstanding): void {
     if (this.stopped || !this.outstanding.delete(id)) return;
+    if (req.sentAtMs !== undefined) this.controller.sample(Date.now() - req.sentAtMs);
     this.bitmap.clearRange(req.offset, req.length);
     this.inFlightBytes -= req.length;
     this.progress.doneBytes += req.length;
@@ -198,7 +210,7 @@ export class ResyncTarget {
       this.cursor = run.block + blocks;
       if (length <= 0) break;
       const id = this.nextId++;
-      this.outstanding.set(id, { offset, length });
+      this.outstanding.set(id, { offset, length, sentAtMs: Date.now() });
       this.inFlightBytes += length;
       this.tokens -= length;
       if (this.opts.csumsAlg) void this.requestByDigest(id, offset, length, this.opts.csumsAlg);

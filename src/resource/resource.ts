@@ -264,7 +264,16 @@ export class Resource {
           self: this.local,
           peer: n,
           net: this.config.net,
-          resyncRateBytesPerSec: this.config.disk.resyncRateBytesPerSec,
+          resyncRate:
+            this.config.disk.cPlanAheadMs > 0
+              ? {
+                  kind: 'dynamic',
+                  planAheadMs: this.config.disk.cPlanAheadMs,
+                  delayTargetMs: this.config.disk.cDelayTargetMs,
+                  minBytesPerSec: this.config.disk.cMinRateBytesPerSec,
+                  maxBytesPerSec: this.config.disk.cMaxRateBytesPerSec,
+                }
+              : { kind: 'fixed', bytesPerSec: this.config.disk.resyncRateBytesPerSec },
           maxPayloadBytes: this.config.nbd.maxPayloadBytes,
           log: this.log,
           onEvent: (e) => this.emit({ ...e, peer: n.name }),

@@ -6,7 +6,7 @@ global { run-dir /var/run/mbd; log-level debug; }
 common {
   net { protocol B; ping-int 3; ping-timeout 1.25; connect-int 4; timeout 2.5; ko-count 0;
         shared-secret "s3cret with space"; cram-hmac-alg sha1; data-integrity-alg crc32c; verify-alg sha256; csums-alg md5; }
-  disk { resync-rate 250; al-extents 7; on-io-error pass_on; }
+  disk { resync-rate 250; al-extents 7; on-io-error pass_on; c-plan-ahead 2; c-delay-target 0.25; c-min-rate 1M; c-max-rate 500M; }
   nbd { tls required; tls-key /k.pem; tls-cert /c.pem; tls-ca /ca.pem;
         allow 10.0.0.1 192.0.2.0/24; allow ::1 2001:db8::/32;
         max-payload 64K; description "first \\"disk\\"\\tok"; }
@@ -51,7 +51,15 @@ test('every key is read into the model', () => {
     tlsCertFile: null,
     tlsCaFile: null,
   });
-  expect(r.disk).toEqual({ resyncRateBytesPerSec: 250 * 1024, alExtents: 7, onIoError: 'pass_on' });
+  expect(r.disk).toEqual({
+    resyncRateBytesPerSec: 250 * 1024,
+    alExtents: 7,
+    onIoError: 'pass_on',
+    cPlanAheadMs: 2000,
+    cDelayTargetMs: 250,
+    cMinRateBytesPerSec: 1024 * 1024,
+    cMaxRateBytesPerSec: 500 * 1024 * 1024,
+  });
   expect(r.nbd).toEqual({
     tls: 'required',
     tlsKeyFile: '/k.pem',
@@ -84,7 +92,15 @@ test('defaults fill everything left out', () => {
   expect(c.global).toEqual({ runDir: '/run/mirrorbd', logLevel: 'info' });
   const r = c.resources[0]!;
   expect(r.net).toEqual({ protocol: 'C', pingIntMs: 10_000, pingTimeoutMs: 500, connectIntMs: 10_000, timeoutMs: 6000, koCount: 7, sharedSecret: null, cramHmacAlg: 'sha256', dataIntegrityAlg: 'none', verifyAlg: 'crc32c', csumsAlg: 'none', tls: false, tlsKeyFile: null, tlsCertFile: null, tlsCaFile: null });
-  expect(r.disk).toEqual({ resyncRateBytesPerSec: 100 * 1024 * 1024, alExtents: 1237, onIoError: 'detach' });
+  expect(r.disk).toEqual({
+    resyncRateBytesPerSec: 100 * 1024 * 1024,
+    alExtents: 1237,
+    onIoError: 'detach',
+    cPlanAheadMs: 0,
+    cDelayTargetMs: 100,
+    cMinRateBytesPerSec: 4 * 1024 * 1024,
+    cMaxRateBytesPerSec: 1024 * 1024 * 1024,
+  });
   expect(r.nbd).toEqual({ tls: 'off', tlsKeyFile: null, tlsCertFile: null, tlsCaFile: null, allow: [], maxPayloadBytes: 32 * 1024 * 1024, description: null });
   expect(r.options).toEqual({ quorum: 'off', onNoQuorum: 'suspend-io', autoPromote: true });
   expect(r.handlers).toEqual({});

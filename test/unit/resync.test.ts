@@ -78,7 +78,7 @@ async function rig(o: RigOptions = {}) {
     dstBitmap,
     dstLock,
     { send: (p) => toSource.send(p) },
-    { rateBytesPerSec: 0, ...o.target },
+    { rate: { kind: 'fixed', bytesPerSec: 0 }, ...o.target },
     { done: () => targetDone.resolve(), failed: (reason) => failures.push(reason) },
     log,
   );
@@ -370,7 +370,7 @@ describe('resync: rate, pause, stop', () => {
   it('honours the rate limit (roughly) and still makes progress', async () => {
     const requestBytes = 64 * KiB;
     const rate = 512 * KiB; // bytes per second
-    const r = await rig({ size: 1024 * KiB, all: true, target: { rateBytesPerSec: rate, requestBytes } });
+    const r = await rig({ size: 1024 * KiB, all: true, target: { rate: { kind: 'fixed', bytesPerSec: rate }, requestBytes } });
     const burst = Math.max(requestBytes, rate / 10);
     const started = Date.now();
     r.target.start();
