@@ -292,3 +292,86 @@ describe.skipIf(missing.length > 0 || missingTools('openssl').length > 0)('TLS b
     await expectSameData(p);
   });
 });
+
+describe.skipIf(missing.length > 0)('more of the replication link', () => {
+  it('G5: a split brain (both promoted while apart, both written) is detected at reconnect and left StandAlone', async () => {
+    const p = await syncedPair();
+    await mustSucceed(p.alpha.cli('disconnect', 'r0'));
+    await waitForStatus(p.beta, (s) => s.peers[0]?.connection !== 'Connected');
+    await mustSucceed(p.beta.cli('primary', 'r0', '--force'));
+    await must('qemu-io', ['-f', 'raw', '-c', 'write -P 0x0a 0 64k', p.alpha.uri]);
+    await must('qemu-io', ['-f', 'raw', '-c', 'write -P 0x0b 1M 64k', p.beta.uri]);
+    await mustSucceed(p.alpha.cli('connect', 'r0'));
+    const a = await waitForStatus(p.alpha, (s) => (s.peers[0] as unknown as { splitBrain: boolean }).splitBrain);
+    expect(a.peers[0]!.connection).toBe('StandAlone');
+    expect((a.peers[0] as unknown as { lastError: string }).lastError).toMatch(/split brain/);
+    // neither side's writes were overwritten
+    await must('qemu-io', ['-f', 'raw', '-c', 'read -P 0x0a 0 64k', p.alpha.uri]);
+    await must('qemu-io', ['-f', 'raw', '-c', 'read -P 0x0b 1M 64k', p.beta.uri]);
+  });
+
+  it('garbage on the replication port is dropped with a logged reason and the daemon keeps replicating', async () => {
+    const p = await syncedPair();
+    const net = await import('node:net');
+    for (const payload of [Buffer.from('GET / HTTP/1.0\r\n\r\n'), randomBytes(4096), Buffer.alloc(12, 0xff)]) {
+      await new Promise<void>((resolve) => {
+        const s = net.createConnection({ host: '127.0.0.1', port: p.beta.peerPort }, () => s.write(payload));
+        s.on('error', () => resolve());
+        s.on('close', () => resolve());
+        setTimeout(() => {
+          s.destroy();
+          resolve();
+        }, 3000).unref();
+      });
+    }
+    await must('qemu-io', ['-f', 'raw', '-c', 'write -P 0x6d 2M 128k', p.alpha.uri]);
+    const beta = await statusOf(p.beta);
+    expect(beta.peers[0]).toMatchObject({ connection: 'Connected', replication: 'Established' });
+    await expectSameData(p);
+    const log = await fsp.readFile(path.join(p.beta.runDir, 'beta.log'), 'utf8');
+    expect(log).toMatch(/refused a peer connection/);
+  });
+
+  it('checksum-based resync (csums-alg) sends only blocks whose digests differ, and data-integrity-alg checks every block', async () => {
+    const p = await syncedPair({ net: 'csums-alg sha256; data-integrity-alg crc32c;' });
+    const size = (await statusOf(p.alpha)).sizeBytes;
+    await mustSucceed(p.alpha.cli('disconnect', 'r0'));
+    // the same bytes written again: marked, but equal on both sides
+    await must('qemu-io', ['-f', 'raw', '-c', 'write -P 0x00 4M 4M', '-c', 'write -P 0x2f 16M 64k', p.alpha.uri]);
+    expect((await statusOf(p.alpha)).peers[0]!.outOfSyncBytes).toBe(4 * 1024 * 1024 + 64 * 1024);
+    const before = await bytesSentTo(p.alpha);
+    await mustSucceed(p.alpha.cli('connect', 'r0'));
+    await waitForStatus(p.alpha, (s) => s.peers[0]?.replication === 'Established' && s.peers[0]?.outOfSyncBytes === 0);
+    await waitForStatus(p.beta, (s) => s.disk === 'UpToDate');
+    const moved = (await bytesSentTo(p.alpha)) - before;
+    // the changed 64 KiB and digests, not the 4 MiB of zeroes written over zeroes
+    expect(moved).toBeGreaterThanOrEqual(64 * 1024);
+    expect(moved).toBeLessThan(1024 * 1024);
+    expect(size).toBeGreaterThan(0);
+    await expectSameData(p);
+  });
+
+  it('pause-sync holds a resync and resume-sync finishes it; invalidate-remote copies everything to the peer', async () => {
+    const p = await pair({ disk: 'resync-rate 8M;' });
+    await upPair(p);
+    await waitForStatus(p.alpha, (s) => s.peers[0]?.connection === 'Connected');
+    await mustSucceed(p.alpha.cli('primary', 'r0', '--force'));
+    await waitForStatus(p.beta, (s) => s.peers[0]?.replication === 'SyncTarget');
+    await mustSucceed(p.beta.cli('pause-sync', 'r0'));
+    await waitForStatus(p.beta, (s) => s.peers[0]?.replication === 'PausedSyncT');
+    await waitForStatus(p.alpha, (s) => s.peers[0]?.replication === 'PausedSyncS');
+    const held = (await statusOf(p.beta)).peers[0]!.syncDonePercent!;
+    await new Promise((r) => setTimeout(r, 1000));
+    expect((await statusOf(p.beta)).peers[0]!.syncDonePercent).toBeLessThanOrEqual(held + 5);
+    await mustSucceed(p.beta.cli('resume-sync', 'r0'));
+    await waitForStatus(p.beta, (s) => s.disk === 'UpToDate', 60_000);
+    await waitForStatus(p.alpha, (s) => s.peers[0]?.replication === 'Established');
+    const size = (await statusOf(p.alpha)).sizeBytes;
+    const before = await bytesSentTo(p.alpha);
+    await mustSucceed(p.alpha.cli('invalidate-remote', 'r0'));
+    await waitForStatus(p.beta, (s) => s.peers[0]?.replication === 'SyncTarget' || s.disk === 'Inconsistent', 10_000);
+    await waitForStatus(p.beta, (s) => s.disk === 'UpToDate' && s.peers[0]?.replication === 'Established', 60_000);
+    expect((await bytesSentTo(p.alpha)) - before).toBeGreaterThanOrEqual(size);
+    await expectSameData(p);
+  });
+});
