@@ -39,17 +39,7 @@ interface PendingHold {
   gate: Deferred;
 }
 
-/** mulberry32: small, seeded, good enough to pick offsets and delays. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { seededRandom } from './seeded-random.js';
 
 export function randomBuffer(rand: () => number, length: number): Buffer {
   const b = Buffer.alloc(length);

@@ -1,6 +1,7 @@
 import { expect, test } from 'vitest';
 import { MirrorError } from '../../src/errors.js';
 import { formatConfig, parseConfig } from '../../src/config/index.js';
+import { seededRandom as rng } from '../helpers/seeded-random.js';
 
 const VALID = `global { run-dir /run/mirrorbd; log-level info; }
 common {
@@ -17,17 +18,6 @@ resource r0 {
 }
 `;
 
-/** mulberry32: small, seedable, good enough to pick mutations. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const PIECES = ['{', '}', ';', '"', '\\', '#', '\n', ' ', ':', '[', ']', '/', '.', '0', '9', '-', 'x', 'on', 'resource', 'net', 'include', '\x00', 'é', '99999999999999999999'];
 

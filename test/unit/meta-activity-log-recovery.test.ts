@@ -11,6 +11,7 @@ import { AL_EXTENT_BYTES, AL_TX_BYTES } from '../../src/meta/al-transaction.js';
 import { createMd, openMd } from '../../src/meta/index.js';
 import type { MdLayout } from '../../src/meta/layout.js';
 import { fileMetaIo, type MetaIo } from '../../src/meta/meta-io.js';
+import { seededRandom as rng } from '../helpers/seeded-random.js';
 
 const X = AL_EXTENT_BYTES;
 const MiB = 1024 * 1024;
@@ -24,16 +25,6 @@ afterEach(async () => {
   await fsp.rm(dir, { recursive: true, force: true });
 });
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 async function sparseDisk(size: number): Promise<string> {
   const p = join(dir, 'd.img');

@@ -16,20 +16,11 @@ import {
   encodeAlTransaction,
   type AlTransaction,
 } from '../../src/meta/al-transaction.js';
+import { seededRandom as rng } from '../helpers/seeded-random.js';
 
 const X = AL_EXTENT_BYTES;
 const DATA = 1024 * X; // 4 GiB of data, 1024 extents
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 const ticks = async (n = 5): Promise<void> => {
   for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r));

@@ -9,20 +9,11 @@ import {
   varintLength,
   type BitmapRleErrorReason,
 } from '../../src/meta/bitmap-rle.js';
+import { seededRandom as rng } from '../helpers/seeded-random.js';
 
 const B = BITMAP_BLOCK_BYTES;
 const MiB = 1024 * 1024;
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 /** Encodes and decodes into a bitmap filled with the opposite of what is expected, so every bit must be written. */
 function roundTrip(bm: Bitmap, maxChunkBytes?: number): { back: Bitmap; chunks: Buffer[] } {

@@ -1,21 +1,11 @@
 import { describe, expect, test } from 'vitest';
 import { BITMAP_BLOCK_BYTES, BITMAP_PAGE_BITS, Bitmap, popcount32 } from '../../src/meta/bitmap.js';
+import { seededRandom as rng } from '../helpers/seeded-random.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const B = BITMAP_BLOCK_BYTES;
 
-/** Small seeded generator (mulberry32) so failures replay. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 function setBits(bm: Bitmap): number[] {
   const out: number[] = [];

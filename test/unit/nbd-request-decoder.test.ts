@@ -9,6 +9,7 @@ import {
   NBD_CMD_WRITE,
 } from '../../src/nbd/constants.js';
 import { PayloadProblem, RequestDecoder, encodeRequest, type NbdRequest } from '../../src/nbd/request-decoder.js';
+import { seededRandom as prng } from '../helpers/seeded-random.js';
 
 const MAX_PAYLOAD = 64 * 1024;
 const MAX_DISCARD = 256 * 1024;
@@ -155,17 +156,6 @@ describe('RequestDecoder (extended)', () => {
   });
 });
 
-/** mulberry32: a small deterministic PRNG, so a failing fuzz input can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('RequestDecoder fuzz', () => {
   it('never throws, never allocates beyond the limit, and splitting never changes the verdict', () => {
@@ -215,5 +205,61 @@ describe('RequestDecoder fuzz', () => {
     }
     console.log(`request decoder fuzz: ${INPUTS} inputs, ${violations} protocol violations found, 0 throws`);
     expect(violations).toBeGreaterThan(0);
+  });
+});
+
+describe('RequestDecoder (gather)', () => {
+  const stream = Buffer.concat([
+    encodeRequest({ type: NBD_CMD_WRITE, cookie: 1n, offset: 0, length: 3000 }),
+    payload(3000, 5),
+    encodeRequest({ type: NBD_CMD_FLUSH, cookie: 2n, offset: 0, length: 0 }),
+    encodeRequest({ type: NBD_CMD_WRITE, cookie: 3n, offset: 4096, length: 17 }),
+    payload(17, 6),
+  ]);
+
+  function gathered(pieces: Buffer[]): { payloads: string[]; parts: number[]; allocated: number } {
+    let allocated = 0;
+    const d = new RequestDecoder({ extended: false, maxPayload: MAX_PAYLOAD, gather: true, allocate: (n) => ((allocated += n), Buffer.alloc(n)) });
+    const payloads: string[] = [];
+    const parts: number[] = [];
+    for (const p of pieces) {
+      d.push(p);
+      for (let r = d.next(); r !== null; r = d.next()) {
+        if (r.type !== NBD_CMD_WRITE) continue;
+        expect(r.payload === null).toBe(r.parts !== null);
+        const whole = r.parts ? Buffer.concat(r.parts) : r.payload!;
+        expect(whole.length).toBe(r.length);
+        payloads.push(whole.toString('hex'));
+        parts.push(r.parts ? r.parts.length : 1);
+      }
+    }
+    expect(d.violation).toBeNull();
+    return { payloads, parts, allocated };
+  }
+
+  it('hands a straddling payload out as views of the received chunks, never copying', () => {
+    const want = [payload(3000, 5).toString('hex'), payload(17, 6).toString('hex')];
+    for (let i = 0; i <= stream.length; i += 7) {
+      const g = gathered([stream.subarray(0, i), stream.subarray(i)]);
+      expect(g.payloads).toEqual(want);
+      expect(g.allocated).toBe(0);
+    }
+    const bytes: Buffer[] = [];
+    for (let i = 0; i < stream.length; i++) bytes.push(stream.subarray(i, i + 1));
+    const g = gathered(bytes);
+    expect(g.payloads).toEqual(want);
+    expect(g.parts).toEqual([3000, 17]);
+  });
+
+  it('the parts share memory with what was received', () => {
+    const d = new RequestDecoder({ extended: false, maxPayload: MAX_PAYLOAD, gather: true });
+    const head = Buffer.concat([encodeRequest({ type: NBD_CMD_WRITE, cookie: 1n, offset: 0, length: 8 }), payload(3, 1)]);
+    const tail = payload(5, 2);
+    d.push(head);
+    expect(d.next()).toBeNull();
+    d.push(tail);
+    const r = d.next()!;
+    expect(r.parts!.map((p) => p.buffer)).toEqual([head.buffer, tail.buffer]);
+    expect(r.parts![1]).toBe(tail);
   });
 });

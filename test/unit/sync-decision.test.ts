@@ -11,6 +11,7 @@ import {
   type SyncSide,
   type SyncStrategy,
 } from '../../src/replication/sync-decision.js';
+import { seededRandom as prng } from '../helpers/seeded-random.js';
 
 const X = 0xaaaa_0000_0000_0001n;
 const Y = 0xbbbb_0000_0000_0002n;
@@ -168,17 +169,6 @@ describe('sync decision: earlier rules win', () => {
   });
 });
 
-/** mulberry32: a small deterministic PRNG. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('sync decision: symmetry', () => {
   for (const e of EXAMPLES) {

@@ -18,6 +18,7 @@ import {
   type PacketDecoderOptions,
   type PacketKind,
 } from '../../src/replication/wire/index.js';
+import { seededRandom as prng } from '../helpers/seeded-random.js';
 
 function bytes(n: number, seed: number): Buffer {
   const b = Buffer.alloc(n);
@@ -419,17 +420,6 @@ describe('peer packet codec: who may send what, when', () => {
   });
 });
 
-/** mulberry32: a small deterministic PRNG, so a failing fuzz input can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('peer packet codec: fuzz', () => {
   it('never throws, never allocates beyond the limit, and splitting never changes the verdict', () => {
