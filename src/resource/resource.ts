@@ -447,7 +447,10 @@ export class Resource {
       }
     }
     if (clearBitmap && this.disk !== 'UpToDate') this.setDisk('UpToDate', 'new-current-uuid --clear-bitmap');
-    for (const p of peers) p.sendAdopt(current);
+    for (const p of peers) {
+      p.sendAdopt(current);
+      p.announceState();
+    }
     this.emit({ type: 'new-current-uuid', current: formatUuid(current), clearBitmap });
   }
 
