@@ -15,7 +15,7 @@ import { parseArgs } from 'node:util';
 import { formatTopFunctions, readProfiles, summarizeProfiles } from './cpuprofile.js';
 import { FRONTEND_ROWS, RAMP_SECONDS, fioArgs, runFioRow, type FioResult, type FioRow } from './fio.js';
 import { cpuSeconds, errorMessage, freePort, isInterrupted, onCleanup, run } from './proc.js';
-import { BENCH_HOST, SERVER_NAMES, launcher, type RunningServer, type ServerName } from './servers.js';
+import { BASELINE_SERVER, BENCH_HOST, SERVER_NAMES, launcher, type RunningServer, type ServerName } from './servers.js';
 import { median } from './stats.js';
 import { fmtCount, fmtNs, fmtRatio, markdownTable } from './table.js';
 
@@ -35,6 +35,9 @@ all serving the same 1 GiB file, and prints a markdown table.
   --runtime S       seconds per fio row, after a ${RAMP_SECONDS} s ramp (default 10)
   --quick           1 repetition of 2 s (explicit --reps/--runtime win)
   --servers LIST    comma-separated, from ${SERVER_NAMES.join(',')} (default: all)
+  --baseline DIR    also run the mirrorbd build of the checkout in DIR (its
+                    dist/), as server ${BASELINE_SERVER}, alternating with this
+                    one: an A/B comparison of two versions in one run
   --rows LIST       comma-separated row ids (default: all):
                     ${FRONTEND_ROWS.map((r) => r.id).join(',\n                    ')}
   --dir DIR         make the work directory (image, metadata) inside DIR
@@ -53,6 +56,8 @@ interface FrontendOptions {
   rows: FioRow[];
   dir: string;
   out?: string;
+  /** Root of another built checkout, run as BASELINE_SERVER. */
+  baseline?: string;
   profile: boolean;
   keep: boolean;
 }
@@ -70,6 +75,7 @@ function parseOptions(argv: string[]): FrontendOptions | 'help' {
       rows: { type: 'string' },
       dir: { type: 'string' },
       out: { type: 'string' },
+      baseline: { type: 'string' },
       profile: { type: 'boolean', default: false },
       keep: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -89,6 +95,11 @@ function parseOptions(argv: string[]): FrontendOptions | 'help' {
       if (!(SERVER_NAMES as readonly string[]).includes(s)) throw new Error(`--servers: unknown server "${s}" (known: ${SERVER_NAMES.join(', ')})`);
       return s as ServerName;
     });
+  if (values.baseline !== undefined) {
+    // Right after mirrorbd, so the two versions alternate (the order rotates per repetition).
+    const at = servers.indexOf('mirrorbd');
+    servers.splice(at < 0 ? servers.length : at + 1, 0, BASELINE_SERVER);
+  }
   if (servers.length === 0) throw new Error('--servers: name at least one server');
   const rows = values.rows
     ? values.rows.split(',').filter(Boolean).map((id) => {
@@ -109,6 +120,7 @@ function parseOptions(argv: string[]): FrontendOptions | 'help' {
     rows,
     dir,
     out: values.out,
+    baseline: values.baseline,
     profile: values.profile,
     keep: values.keep,
   };
@@ -150,7 +162,7 @@ export async function frontendMain(argv: string[]): Promise<number> {
   }
   const servers: ServerName[] = [];
   for (const name of opts.servers) {
-    const why = await launcher(name).unavailable();
+    const why = await launcher(name, opts.baseline).unavailable();
     if (why) process.stderr.write(`bench frontend: skipping ${name}: ${why}\n`);
     else servers.push(name);
   }
@@ -188,7 +200,9 @@ export async function frontendMain(argv: string[]): Promise<number> {
       if (isInterrupted()) return 130;
       let server: RunningServer;
       try {
-        server = await launcher(name).start({ dir: work, image, profileDir }, await freePort(BENCH_HOST));
+        // Only this checkout's daemon is profiled.
+        const ctx = { dir: work, image, profileDir: name === 'mirrorbd' ? profileDir : undefined };
+        server = await launcher(name, opts.baseline).start(ctx, await freePort(BENCH_HOST));
       } catch (e) {
         const error = `start failed: ${errorMessage(e)}`;
         process.stderr.write(`[rep ${rep + 1}/${opts.reps}] ${name}: ${error}\n`);
@@ -263,7 +277,7 @@ export async function frontendMain(argv: string[]): Promise<number> {
         command,
         startedAt: startedAt.toISOString(),
         finishedAt: finishedAt.toISOString(),
-        options: { reps: opts.reps, runtime: opts.runtime, rampSeconds: RAMP_SECONDS, imageBytes: IMAGE_BYTES, servers, rows: opts.rows.map((r) => r.id) },
+        options: { reps: opts.reps, runtime: opts.runtime, baseline: opts.baseline, rampSeconds: RAMP_SECONDS, imageBytes: IMAGE_BYTES, servers, rows: opts.rows.map((r) => r.id) },
         versions: { ...versions, node: process.version },
         host: { cpus: cpus().length, cpuModel: cpus()[0]?.model.trim(), memoryBytes: totalmem() },
         rows: opts.rows.map((r) => ({ ...r, fioArgs: fioArgs(r, 'nbd://HOST:PORT/NAME', opts.runtime, IMAGE_BYTES) })),

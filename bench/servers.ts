@@ -24,7 +24,12 @@ import {
 } from './proc.js';
 
 export const SERVER_NAMES = ['mirrorbd', 'nbdkit', 'qemu-nbd'] as const;
-export type ServerName = (typeof SERVER_NAMES)[number];
+/**
+ * A second mirrorbd build (another checkout, given with --baseline) run as
+ * one more server, so two versions alternate within one run (A/B).
+ */
+export const BASELINE_SERVER = 'mirrorbd-base' as const;
+export type ServerName = (typeof SERVER_NAMES)[number] | typeof BASELINE_SERVER;
 
 export const BENCH_HOST = '127.0.0.1';
 
@@ -81,14 +86,18 @@ function mirrorbdConfig(dir: string, image: string, meta: string, port: number):
 }
 
 class MirrorbdLauncher implements ServerLauncher {
-  readonly name = 'mirrorbd' as const;
+  constructor(
+    readonly name: 'mirrorbd' | typeof BASELINE_SERVER,
+    /** The CLI entry point of the build to run. */
+    private readonly cliPath: string,
+  ) {}
 
   async unavailable(): Promise<string | null> {
     try {
-      await stat(MIRRORBD_CLI);
+      await stat(this.cliPath);
       return null;
     } catch {
-      return `mirrorbd CLI not built (${MIRRORBD_CLI} missing)`;
+      return `mirrorbd CLI not built (${this.cliPath} missing)`;
     }
   }
 
@@ -103,8 +112,9 @@ class MirrorbdLauncher implements ServerLauncher {
     await writeFile(meta, '', { flag: 'a' });
     await truncate(meta, META_BYTES);
 
+    const cliPath = this.cliPath;
     const cli = (args: string[], env?: NodeJS.ProcessEnv) =>
-      runChecked(process.execPath, [MIRRORBD_CLI, '-c', conf, '--node', MIRRORBD_NODE, ...args], {
+      runChecked(process.execPath, [cliPath, '-c', conf, '--node', MIRRORBD_NODE, ...args], {
         timeoutMs: CLI_TIMEOUT_MS,
         env,
       });
@@ -113,7 +123,7 @@ class MirrorbdLauncher implements ServerLauncher {
     let pid: number | undefined;
     const stop = async (): Promise<void> => {
       unregister();
-      const down = await run(process.execPath, [MIRRORBD_CLI, '-c', conf, '--node', MIRRORBD_NODE, 'down', MIRRORBD_RESOURCE], {
+      const down = await run(process.execPath, [cliPath, '-c', conf, '--node', MIRRORBD_NODE, 'down', MIRRORBD_RESOURCE], {
         timeoutMs: CLI_TIMEOUT_MS,
       }).catch((e: unknown) => ({ code: -1, stderr: errorMessage(e), timedOut: false }));
       if (down.code !== 0) {
@@ -138,7 +148,7 @@ class MirrorbdLauncher implements ServerLauncher {
         // NODE_OPTIONS", exit 9), so the profiled daemon is started here, in
         // the foreground as `mirrorbd daemon` does for systemd, and `up`
         // finds it running.
-        pid = await startProfiledDaemon(conf, runDir, ctx.profileDir);
+        pid = await startProfiledDaemon(cliPath, conf, runDir, ctx.profileDir);
       }
       await cli(['up', MIRRORBD_RESOURCE], upEnv);
       pid ??= await readPidFile(pidFile, START_TIMEOUT_MS);
@@ -158,13 +168,13 @@ class MirrorbdLauncher implements ServerLauncher {
  * to the run dir's log as `up` does, and waits until its control socket
  * accepts (so that `up` uses it rather than starting another).
  */
-async function startProfiledDaemon(conf: string, runDir: string, profileDir: string): Promise<number> {
+async function startProfiledDaemon(cliPath: string, conf: string, runDir: string, profileDir: string): Promise<number> {
   const log = await open(join(runDir, `${MIRRORBD_NODE}.log`), 'a');
   let child: ChildProcess;
   try {
     child = spawn(
       process.execPath,
-      ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, MIRRORBD_CLI, '-c', conf, '--node', MIRRORBD_NODE, 'daemon'],
+      ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, cliPath, '-c', conf, '--node', MIRRORBD_NODE, 'daemon'],
       { stdio: ['ignore', log.fd, log.fd] },
     );
     await new Promise<void>((resolve, reject) => {
@@ -283,10 +293,14 @@ async function commandWorks(cmd: string, args: string[]): Promise<boolean> {
   }
 }
 
-export function launcher(name: ServerName): ServerLauncher {
+/** `baseline`: the root of another built checkout, for BASELINE_SERVER. */
+export function launcher(name: ServerName, baseline?: string): ServerLauncher {
   switch (name) {
     case 'mirrorbd':
-      return new MirrorbdLauncher();
+      return new MirrorbdLauncher(name, MIRRORBD_CLI);
+    case BASELINE_SERVER:
+      if (baseline === undefined) throw new Error(`${BASELINE_SERVER} needs --baseline DIR`);
+      return new MirrorbdLauncher(name, join(baseline, 'dist', 'src', 'cli', 'main.js'));
     case 'nbdkit':
       return new NbdkitLauncher();
     case 'qemu-nbd':

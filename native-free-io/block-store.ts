@@ -46,6 +46,12 @@ export interface BlockStore {
    */
   read(offset: number, length: number, into?: Buffer): Promise<Buffer>;
   write(offset: number, data: Buffer): Promise<void>;
+  /**
+   * Optional: write the consecutive `parts` at `offset` as one range, as
+   * write() would their concatenation (one positional writev where the store
+   * can). The store only reads the parts and keeps none of them.
+   */
+  writev?(offset: number, parts: readonly Buffer[]): Promise<void>;
   writeZeroes(offset: number, length: number, options?: WriteZeroesOptions): Promise<void>;
   /** A hint that the range is no longer needed; contents afterwards are unspecified. */
   trim(offset: number, length: number): Promise<void>;

@@ -47,8 +47,29 @@ export interface NbdExport {
    */
   openRefusal(): string | null;
 
-  read(offset: number, length: number): Promise<Buffer>;
+  /**
+   * Resolves exactly `length` bytes. `into`, when given, is a buffer of
+   * exactly `length` bytes the server lends for the data: the export may read
+   * into it and resolve it (or a view of it), or ignore it and resolve a
+   * buffer of its own. The server takes `into` back once the promise settles
+   * (it reuses it for later reads once the reply is sent), so the export must
+   * neither touch it afterwards nor hand it to anyone who would.
+   */
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer>;
+  /**
+   * `data` belongs to the export from the call on: it is a view of bytes
+   * received from the client (or a copy of them) that the server never
+   * writes to again, so the export may keep it after the promise settles,
+   * e.g. queued for a peer.
+   */
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
+  /**
+   * Optional: write() with the payload given as consecutive `parts` adding
+   * up to its length, as it arrived from the socket (no copy). Owned as in
+   * write(). Without it the server concatenates the parts into one buffer
+   * and calls write().
+   */
+  writev?(offset: number, parts: readonly Buffer[], fua: boolean): Promise<void>;
   writeZeroes(offset: number, length: number, opts: { noHole: boolean; fua: boolean; fastZero: boolean }): Promise<void>;
   trim(offset: number, length: number, fua: boolean): Promise<void>;
   flush(): Promise<void>;

@@ -1,8 +1,9 @@
 /**
  * Transmission-phase request framing as an explicit, pull-based state machine.
  * Pure: bytes in (push), decoded requests out (next). TCP may cut anywhere, so
- * every field may arrive split; the decoder copies only when a header or a
- * payload straddles chunks.
+ * every field may arrive split; the decoder copies only when a header
+ * straddles chunks, and a payload that straddles chunks either is copied into
+ * one buffer or (with `gather`) is handed out as the list of its pieces.
  *
  * Compact request (28 bytes):  u32 magic 0x25609513, u16 flags, u16 type,
  *                              u64 cookie, u64 offset, u32 length
@@ -50,8 +51,18 @@ export interface NbdRequest {
   offset: number;
   /** Effect length (for a WRITE, the payload length); exact below 2^53. */
   length: number;
-  /** WRITE data, owned by the request (a view of a received chunk or a fresh copy). */
+  /**
+   * WRITE data: a view of a received chunk or a fresh copy. Null for a
+   * gathered payload (see `parts`). Received chunks are never written to
+   * again, so whoever holds the request may keep the view as long as it likes.
+   */
   payload: Buffer | null;
+  /**
+   * With `gather`, a WRITE payload that straddles received chunks: views of
+   * its consecutive pieces, in order, adding up to the payload length (no
+   * copy). Null otherwise. Owned like `payload`.
+   */
+  parts: Buffer[] | null;
   payloadProblem: PayloadProblem;
 }
 
@@ -64,12 +75,18 @@ export interface RequestDecoderOptions {
   maxDiscard?: number;
   /** Payload allocator (tests spy on it to prove the limits hold). */
   allocate?: (size: number) => Buffer;
+  /**
+   * Deliver a payload that straddles chunks as `parts` (views of the received
+   * chunks) instead of copying it into one buffer: for a consumer that can
+   * write a list of buffers (positional writev).
+   */
+  gather?: boolean;
 }
 
 const enum DecoderState {
   /** Collecting a request header. */
   Header,
-  /** Copying a WRITE payload that straddles chunks into `payload`. */
+  /** Copying a WRITE payload that straddles chunks into `payload` (or gathering its `parts`). */
   Payload,
   /** Skipping `remaining` payload bytes that will not be used. */
   Discard,
@@ -93,6 +110,7 @@ export class RequestDecoder {
   private readonly maxPayload: number;
   private readonly maxDiscard: number;
   private readonly allocate: (size: number) => Buffer;
+  private readonly gather: boolean;
   /** Non-null once the stream broke the protocol (the connection must close). */
   violation: string | null = null;
 
@@ -102,6 +120,7 @@ export class RequestDecoder {
     this.maxPayload = options.maxPayload;
     this.maxDiscard = Math.max(options.maxDiscard ?? NBD_MAX_DISCARD_BYTES, options.maxPayload);
     this.allocate = options.allocate ?? Buffer.allocUnsafe;
+    this.gather = options.gather ?? false;
   }
 
   push(chunk: Buffer): void {
@@ -187,6 +206,7 @@ export class RequestDecoder {
       offset: offsetHi * TWO_POW_32 + offsetLo,
       length,
       payload: null,
+      parts: null,
       payloadProblem: PayloadProblem.None,
     };
 
@@ -226,15 +246,31 @@ export class RequestDecoder {
       this.consume(payloadLength);
       return req;
     }
-    req.payload = this.allocate(payloadLength);
+    if (this.gather) {
+      req.parts = [];
+      this.remaining = payloadLength;
+    } else {
+      req.payload = this.allocate(payloadLength);
+      this.filled = 0;
+    }
     this.current = req;
-    this.filled = 0;
     this.state = DecoderState.Payload;
     return req;
   }
 
-  /** Copies what has arrived into the current payload; true when complete. */
+  /** Copies (or gathers) what has arrived into the current payload; true when complete. */
   private fillPayload(): boolean {
+    const parts = this.current!.parts;
+    if (parts !== null) {
+      while (this.remaining > 0 && this.chunks.length > 0) {
+        const c = this.chunks[0]!;
+        const n = Math.min(c.length - this.head, this.remaining);
+        parts.push(this.head === 0 && n === c.length ? c : c.subarray(this.head, this.head + n));
+        this.remaining -= n;
+        this.consume(n);
+      }
+      return this.remaining === 0;
+    }
     const dst = this.current!.payload!;
     while (this.filled < dst.length && this.chunks.length > 0) {
       const c = this.chunks[0]!;

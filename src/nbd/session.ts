@@ -1,5 +1,6 @@
 /**
- * One NBD connection: option haggling, then transmission.
+ * One NBD connection: option haggling here, then transmission
+ * (transmission.ts), which takes over the socket once an export is chosen.
  *
  * Phases (the only legal moves):
  *   Handshake    -> TlsUpgrade (STARTTLS acked), Transmission (GO / EXPORT_NAME), Closed
@@ -7,44 +8,22 @@
  *   Transmission -> Closed
  * Closed is entered only from the socket's 'close' event, whatever caused it.
  *
- * The session owns its socket. Decoding and encoding live in the pure codecs
- * (handshake-codec, request-decoder, reply-codec); replies leave through one
- * ReplyWriter so frames never interleave. Nothing a client sends can throw out
- * of here: protocol violations close this connection only, and failed
- * requests become error replies.
+ * The session owns its socket and its life: it alone closes it, and
+ * everything ends in finish() on the socket's 'close'. Decoding and encoding
+ * live in the pure codecs (handshake-codec for the options). Nothing a client
+ * sends can throw out of here: protocol violations close this connection
+ * only.
  */
 import type { Socket } from 'node:net';
 import tls from 'node:tls';
 import { describeError } from '../errors.js';
 import {
   BASE_ALLOCATION,
-  MAX_SAFE_BYTES,
-  NBD_CMD_BLOCK_STATUS,
-  NBD_CMD_CACHE,
-  NBD_CMD_DISC,
-  NBD_CMD_FLAG_DF,
-  NBD_CMD_FLAG_FAST_ZERO,
-  NBD_CMD_FLAG_FUA,
-  NBD_CMD_FLAG_NO_HOLE,
-  NBD_CMD_FLAG_PAYLOAD_LEN,
-  NBD_CMD_FLAG_REQ_ONE,
-  NBD_CMD_FLUSH,
-  NBD_CMD_READ,
-  NBD_CMD_TRIM,
-  NBD_CMD_WRITE,
-  NBD_CMD_WRITE_ZEROES,
-  NBD_EINVAL,
-  NBD_EIO,
-  NBD_ENOSPC,
-  NBD_EOVERFLOW,
-  NBD_EPERM,
-  NBD_ESHUTDOWN,
   NBD_FLAG_C_FIXED_NEWSTYLE,
   NBD_FLAG_C_NO_ZEROES,
   NBD_INFO_DESCRIPTION,
   NBD_INFO_NAME,
   NBD_KNOWN_CLIENT_FLAGS,
-  NBD_MAX_EXTENTS,
   NBD_MAX_OPTIONS,
   NBD_OPT_ABORT,
   NBD_OPT_EXPORT_NAME,
@@ -63,15 +42,8 @@ import {
   NBD_REP_ERR_TLS_REQD,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
-  NBD_REPLY_FLAG_DONE,
-  NBD_REPLY_TYPE_BLOCK_STATUS,
-  NBD_REPLY_TYPE_BLOCK_STATUS_EXT,
-  NBD_REPLY_TYPE_ERROR,
-  NBD_REPLY_TYPE_NONE,
-  NBD_REPLY_TYPE_OFFSET_DATA,
 } from './constants.js';
-import { nbdErrnoFromError, nbdErrnoName } from './errno.js';
-import type { Extent, NbdClientInfo, NbdExport } from './export.js';
+import type { NbdClientInfo, NbdExport } from './export.js';
 import {
   HandshakeDecoder,
   decodeNbdString,
@@ -89,34 +61,15 @@ import {
 } from './handshake-codec.js';
 import type { NbdLogger } from './logger.js';
 import type { ClientCertificateCheck } from './client-certificate.js';
-import {
-  ERROR_PAYLOAD_FIXED,
-  ReplyMode,
-  blockStatusPayloadSize,
-  errorMessageBytes,
-  writeBlockStatusPayload,
-  writeChunkHeader,
-  writeErrorPayload,
-  writeOffset,
-  writeSimpleReply,
-} from './reply-codec.js';
-import { PayloadProblem, RequestDecoder, type NbdRequest } from './request-decoder.js';
-import { ReplyWriter } from './reply-writer.js';
-import { blockStatusDescriptors } from './block-status.js';
+import { ReplyMode } from './reply-codec.js';
+import { BASE_ALLOCATION_ID, Transmission, type TransmissionHost } from './transmission.js';
 import { transmissionFlags } from './transmission-flags.js';
 import type { TlsMode } from './export.js';
 
-/** Requests in flight per connection before we stop reading (backpressure). */
-export const MAX_REQUESTS_IN_FLIGHT = 64;
-/** Payload bytes (READ lengths + WRITE payloads) in flight before we stop reading. */
-export const MAX_BYTES_IN_FLIGHT = 64 * 1024 * 1024;
-/** The context ID we hand out for base:allocation (IDs are per connection). */
-const BASE_ALLOCATION_ID = 1;
+export { MAX_BYTES_IN_FLIGHT, MAX_REQUESTS_IN_FLIGHT } from './transmission.js';
 /** Block sizes we advertise (see docs/nbd.md): any byte alignment works. */
 const BLOCK_MINIMUM = 1;
 const BLOCK_PREFERRED = 4096;
-/** Largest header we ever put in the slab: extended chunk + error payload + message + offset. */
-const MAX_FRAME_HEADER = 32 + ERROR_PAYLOAD_FIXED + 4096 + 8;
 
 const enum Phase {
   Handshake,
@@ -140,7 +93,7 @@ export interface SessionHost {
   sessionClosed(session: NbdSession): void;
 }
 
-export class NbdSession {
+export class NbdSession implements TransmissionHost {
   readonly info: NbdClientInfo;
   /** The export chosen by GO / EXPORT_NAME; null during the handshake. */
   export: NbdExport | null = null;
@@ -167,16 +120,8 @@ export class NbdSession {
   private readonly hs = new HandshakeDecoder();
 
   // --- transmission ---
-  private dec: RequestDecoder | null = null;
-  private writer: ReplyWriter | null = null;
-  private mode = ReplyMode.Simple;
-  private maxPayload = 0;
-  private inFlight = 0;
-  private bytesInFlight = 0;
-  private paused = false;
-  private pumping = false;
-  /** No more requests are executed: set by DISC (stop reading) or shutdown (ESHUTDOWN). */
-  private draining: 'disc' | 'shutdown' | null = null;
+  private tx: Transmission | null = null;
+  /** The socket is ending (ABORT, or transmission drained): nothing more is acted on. */
   private closing = false;
   private handshakeTimer: NodeJS.Timeout | null = null;
 
@@ -228,10 +173,7 @@ export class NbdSession {
     if (this.phase === Phase.Closed) return this.closed;
     this.log.info({ reason }, 'disconnecting client');
     if (this.phase === Phase.Transmission) {
-      if (this.draining === null) this.draining = 'shutdown';
-      this.maybeFinishDrain();
-      // Requests may be waiting in the decoder behind a full window.
-      this.pump();
+      this.tx!.shutdown();
     } else if (this.phase === Phase.TlsUpgrade) {
       this.socket.destroy();
     } else {
@@ -259,9 +201,7 @@ export class NbdSession {
         this.haggle();
         return;
       case Phase.Transmission:
-        if (this.draining === 'disc') return; // nothing after DISC is acted on
-        this.dec!.push(chunk);
-        this.pump();
+        this.tx!.received(chunk);
         return;
       case Phase.TlsUpgrade:
       case Phase.Closed:
@@ -282,6 +222,7 @@ export class NbdSession {
     const wasServing = this.phase === Phase.Transmission;
     this.phase = Phase.Closed;
     this.clearHandshakeTimer();
+    this.tx?.closed();
     this.raw.destroy();
     if (wasServing && this.export) {
       try {
@@ -517,292 +458,24 @@ export class NbdSession {
     this.phase = Phase.Transmission;
     this.clearHandshakeTimer();
     this.export = exp;
-    if (this.metaExport !== exp.name) this.metaExport = null;
-    this.maxPayload = exp.blockSize().maximum;
-    this.mode = this.extended ? ReplyMode.Extended : this.structured ? ReplyMode.Structured : ReplyMode.Simple;
-    this.dec = new RequestDecoder({ extended: this.extended, maxPayload: this.maxPayload });
-    this.writer = new ReplyWriter(this.socket, {
-      onBlocked: () => this.updateFlow(),
-      onDrained: () => this.updateFlow(),
-    });
-    this.log.debug({ export: exp.name, flags, mode: this.mode }, 'transmission');
+    const mode = this.extended ? ReplyMode.Extended : this.structured ? ReplyMode.Structured : ReplyMode.Simple;
+    const tx = new Transmission(
+      this.socket,
+      exp,
+      { mode, extended: this.extended, baseAllocation: this.metaExport === exp.name },
+      this.log,
+      this,
+    );
+    this.tx = tx;
+    this.log.debug({ export: exp.name, flags, mode }, 'transmission');
     try {
       exp.clientOpened(this.info);
     } catch (e) {
       this.log.error({ err: describeError(e) }, 'export.clientOpened threw');
     }
     // Requests may have arrived together with the option that ended haggling.
-    for (const chunk of this.hs.takeRemaining()) this.dec.push(chunk);
-    this.pump();
-  }
-
-  // ---------------------------------------------------------------------------
-  // transmission: flow control
-
-  private blocked(): boolean {
-    return (
-      this.inFlight >= MAX_REQUESTS_IN_FLIGHT || this.bytesInFlight >= MAX_BYTES_IN_FLIGHT || this.writer!.blocked
-    );
-  }
-
-  /** Decode and dispatch as many requests as the window allows. */
-  private pump(): void {
-    if (this.pumping || this.phase !== Phase.Transmission) return;
-    this.pumping = true;
-    try {
-      const dec = this.dec!;
-      while (this.draining !== 'disc' && !this.blocked() && this.phase === Phase.Transmission) {
-        const req = dec.next();
-        if (req === null) {
-          if (dec.violation !== null) this.hardClose(dec.violation);
-          break;
-        }
-        this.dispatch(req);
-      }
-    } finally {
-      this.pumping = false;
-    }
-    this.updateFlow();
-  }
-
-  /** Pause the socket while the window is full or the writer is blocked; resume otherwise. */
-  private updateFlow(): void {
-    if (this.phase !== Phase.Transmission) return;
-    const blocked = this.blocked();
-    if (blocked && !this.paused) {
-      this.paused = true;
-      this.socket.pause();
-    } else if (!blocked && this.paused) {
-      this.paused = false;
-      this.socket.resume();
-      this.pump();
-    }
-  }
-
-  // ---------------------------------------------------------------------------
-  // transmission: requests
-
-  private dispatch(req: NbdRequest): void {
-    if (req.type === NBD_CMD_DISC) {
-      // No reply; finish what is in flight, then close.
-      this.log.debug('client sent DISC');
-      this.draining = 'disc';
-      this.maybeFinishDrain();
-      return;
-    }
-    this.inFlight++;
-    this.bytesInFlight += weightOf(req);
-    if (this.draining === 'shutdown') {
-      return this.replyError(req, NBD_ESHUTDOWN, 'server is shutting down');
-    }
-    const exp = this.export!;
-    const f = exp.features();
-    const fua = (req.flags & NBD_CMD_FLAG_FUA) !== 0;
-    const size = exp.size();
-    // FUA is accepted on every command (clients set it liberally) once advertised.
-    let allowed = f.canFua ? NBD_CMD_FLAG_FUA : 0;
-    if (this.extended && req.type === NBD_CMD_WRITE) allowed |= NBD_CMD_FLAG_PAYLOAD_LEN;
-    if (req.payloadProblem === PayloadProblem.TooLarge) {
-      return this.replyError(req, NBD_EINVAL, `payload of ${req.length} bytes exceeds the maximum of ${this.maxPayload}`);
-    }
-    if (req.payloadProblem === PayloadProblem.Unexpected) {
-      return this.replyError(req, NBD_EINVAL, 'this command takes no payload');
-    }
-    try {
-      switch (req.type) {
-        case NBD_CMD_READ: {
-          if (this.mode !== ReplyMode.Simple) allowed |= NBD_CMD_FLAG_DF;
-          if (req.flags & ~allowed) return this.badFlags(req);
-          if (outOfRange(req.offset, req.length, size)) return this.replyError(req, NBD_EINVAL, 'read beyond the end of the export');
-          if (req.length > this.maxPayload) {
-            const errno = req.flags & NBD_CMD_FLAG_DF ? NBD_EOVERFLOW : NBD_EINVAL;
-            return this.replyError(req, errno, `read of ${req.length} bytes exceeds the maximum of ${this.maxPayload}`);
-          }
-          if (req.length === 0) return this.replyRead(req, EMPTY);
-          exp.read(req.offset, req.length).then(
-            (data) => this.replyRead(req, data),
-            (e) => this.replyFailure(req, e),
-          );
-          return;
-        }
-        case NBD_CMD_WRITE: {
-          if (req.flags & ~allowed) return this.badFlags(req);
-          if (f.readOnly) return this.replyError(req, NBD_EPERM, 'the export is read-only');
-          if (outOfRange(req.offset, req.length, size)) return this.replyError(req, NBD_ENOSPC, 'write beyond the end of the export');
-          if (req.length === 0) return this.replyOk(req);
-          exp.write(req.offset, req.payload!, fua).then(
-            () => this.replyOk(req),
-            (e) => this.replyFailure(req, e),
-          );
-          return;
-        }
-        case NBD_CMD_FLUSH: {
-          if (req.flags & ~allowed) return this.badFlags(req);
-          if (!f.canFlush) return this.replyError(req, NBD_EINVAL, 'FLUSH is not supported');
-          if (req.offset !== 0 || req.length !== 0) return this.replyError(req, NBD_EINVAL, 'FLUSH needs offset and length 0');
-          exp.flush().then(
-            () => this.replyOk(req),
-            (e) => this.replyFailure(req, e),
-          );
-          return;
-        }
-        case NBD_CMD_TRIM: {
-          if (req.flags & ~allowed) return this.badFlags(req);
-          if (f.readOnly) return this.replyError(req, NBD_EPERM, 'the export is read-only');
-          if (!f.canTrim) return this.replyError(req, NBD_EINVAL, 'TRIM is not supported');
-          if (outOfRange(req.offset, req.length, size)) return this.replyError(req, NBD_EINVAL, 'trim beyond the end of the export');
-          if (req.length === 0) return this.replyOk(req);
-          exp.trim(req.offset, req.length, fua).then(
-            () => this.replyOk(req),
-            (e) => this.replyFailure(req, e),
-          );
-          return;
-        }
-        case NBD_CMD_WRITE_ZEROES: {
-          allowed |= NBD_CMD_FLAG_NO_HOLE;
-          if (f.canFastZero) allowed |= NBD_CMD_FLAG_FAST_ZERO;
-          if (req.flags & ~allowed) return this.badFlags(req);
-          if (f.readOnly) return this.replyError(req, NBD_EPERM, 'the export is read-only');
-          if (!f.canWriteZeroes) return this.replyError(req, NBD_EINVAL, 'WRITE_ZEROES is not supported');
-          if (outOfRange(req.offset, req.length, size)) return this.replyError(req, NBD_ENOSPC, 'write beyond the end of the export');
-          if (req.length === 0) return this.replyOk(req);
-          const opts = {
-            noHole: (req.flags & NBD_CMD_FLAG_NO_HOLE) !== 0,
-            fua,
-            fastZero: (req.flags & NBD_CMD_FLAG_FAST_ZERO) !== 0,
-          };
-          exp.writeZeroes(req.offset, req.length, opts).then(
-            () => this.replyOk(req),
-            (e) => this.replyFailure(req, e),
-          );
-          return;
-        }
-        case NBD_CMD_CACHE: {
-          if (req.flags & ~allowed) return this.badFlags(req);
-          if (outOfRange(req.offset, req.length, size)) return this.replyError(req, NBD_EINVAL, 'cache beyond the end of the export');
-          // A prefetch hint: without support it is a successful no-op.
-          if (req.length === 0 || !f.canCache) return this.replyOk(req);
-          exp.cache(req.offset, req.length).then(
-            () => this.replyOk(req),
-            (e) => this.replyFailure(req, e),
-          );
-          return;
-        }
-        case NBD_CMD_BLOCK_STATUS: {
-          allowed |= NBD_CMD_FLAG_REQ_ONE;
-          if (req.flags & ~allowed) return this.badFlags(req);
-          if (this.mode === ReplyMode.Simple || this.metaExport === null) {
-            return this.replyError(req, NBD_EINVAL, 'no metadata context was negotiated');
-          }
-          if (req.length === 0) return this.replyError(req, NBD_EINVAL, 'BLOCK_STATUS of length 0');
-          if (outOfRange(req.offset, req.length, size)) return this.replyError(req, NBD_EINVAL, 'block status beyond the end of the export');
-          exp.extents(req.offset, req.length).then(
-            (extents) => this.replyBlockStatus(req, extents),
-            (e) => this.replyFailure(req, e),
-          );
-          return;
-        }
-        default:
-          return this.replyError(req, NBD_EINVAL, `unknown command ${req.type}`);
-      }
-    } catch (e) {
-      // An export that throws instead of rejecting still gets a reply.
-      this.replyFailure(req, e);
-    }
-  }
-
-  private badFlags(req: NbdRequest): void {
-    this.replyError(req, NBD_EINVAL, `flags 0x${req.flags.toString(16)} are not valid for command ${req.type}`);
-  }
-
-  // ---------------------------------------------------------------------------
-  // transmission: replies (each frame is appended whole, synchronously)
-
-  private replyOk(req: NbdRequest): void {
-    const w = this.writer!;
-    const at = w.begin(MAX_FRAME_HEADER);
-    if (this.mode === ReplyMode.Extended) {
-      w.end(writeChunkHeader(this.mode, w.slab, at, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, req.cookieHi, req.cookieLo, req.offsetHi, req.offsetLo, 0));
-    } else {
-      // Structured mode may still answer payload-less commands simply.
-      w.end(writeSimpleReply(w.slab, at, 0, req.cookieHi, req.cookieLo));
-    }
-    this.completed(req);
-  }
-
-  private replyRead(req: NbdRequest, data: Buffer): void {
-    if (data.length !== req.length) {
-      return this.replyError(req, NBD_EIO, `export returned ${data.length} bytes for a read of ${req.length}`);
-    }
-    const w = this.writer!;
-    const at = w.begin(MAX_FRAME_HEADER);
-    if (this.mode === ReplyMode.Simple) {
-      w.end(writeSimpleReply(w.slab, at, 0, req.cookieHi, req.cookieLo));
-    } else if (data.length === 0) {
-      w.end(writeChunkHeader(this.mode, w.slab, at, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, req.cookieHi, req.cookieLo, req.offsetHi, req.offsetLo, 0));
-    } else {
-      // One OFFSET_DATA chunk covers the whole read (so DF always holds).
-      let n = writeChunkHeader(this.mode, w.slab, at, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, req.cookieHi, req.cookieLo, req.offsetHi, req.offsetLo, 8 + data.length);
-      n += writeOffset(w.slab, at + n, req.offset);
-      w.end(n);
-    }
-    w.payload(data);
-    this.completed(req);
-  }
-
-  private replyFailure(req: NbdRequest, e: unknown): void {
-    const errno = nbdErrnoFromError(e);
-    this.log.debug({ type: req.type, offset: req.offset, length: req.length, err: describeError(e) }, 'request failed');
-    this.replyError(req, errno, describeError(e));
-  }
-
-  private replyError(req: NbdRequest, errno: number, message: string): void {
-    const w = this.writer!;
-    const at = w.begin(MAX_FRAME_HEADER);
-    if (this.mode === ReplyMode.Simple) {
-      w.end(writeSimpleReply(w.slab, at, errno, req.cookieHi, req.cookieLo));
-    } else {
-      const msg = errorMessageBytes(message || nbdErrnoName(errno));
-      let n = writeChunkHeader(this.mode, w.slab, at, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, req.cookieHi, req.cookieLo, req.offsetHi, req.offsetLo, ERROR_PAYLOAD_FIXED + msg.length);
-      n += writeErrorPayload(w.slab, at + n, errno, msg);
-      w.end(n);
-    }
-    this.completed(req);
-  }
-
-  private replyBlockStatus(req: NbdRequest, extents: Extent[]): void {
-    const { lengths, statuses } = blockStatusDescriptors(
-      extents,
-      req.offset,
-      req.length,
-      (req.flags & NBD_CMD_FLAG_REQ_ONE) !== 0,
-      NBD_MAX_EXTENTS,
-    );
-    if (lengths.length === 0) return this.replyError(req, NBD_EIO, 'the export reported no extents for the range');
-    const count = lengths.length;
-    const extended = this.mode === ReplyMode.Extended;
-    const w = this.writer!;
-    const payload = Buffer.allocUnsafe(blockStatusPayloadSize(extended, count));
-    writeBlockStatusPayload(payload, 0, extended, BASE_ALLOCATION_ID, lengths, statuses, count);
-    const at = w.begin(MAX_FRAME_HEADER);
-    const type = extended ? NBD_REPLY_TYPE_BLOCK_STATUS_EXT : NBD_REPLY_TYPE_BLOCK_STATUS;
-    w.end(writeChunkHeader(this.mode, w.slab, at, NBD_REPLY_FLAG_DONE, type, req.cookieHi, req.cookieLo, req.offsetHi, req.offsetLo, payload.length));
-    w.payload(payload);
-    this.completed(req);
-  }
-
-  private completed(req: NbdRequest): void {
-    this.inFlight--;
-    this.bytesInFlight -= weightOf(req);
-    if (this.draining !== null) this.maybeFinishDrain();
-    else if (this.paused) this.updateFlow();
-  }
-
-  /** When draining and nothing is in flight: send what is queued, then close. */
-  private maybeFinishDrain(): void {
-    if (this.draining === null || this.inFlight > 0 || this.closing || this.phase !== Phase.Transmission) return;
-    this.writer!.flush();
-    this.endAfterWrites();
+    for (const chunk of this.hs.takeRemaining()) tx.received(chunk);
+    tx.pump();
   }
 
   /**
@@ -810,23 +483,10 @@ export class NbdSession {
    * that never closes its side cannot hold the session open. A client that is
    * already gone (EPIPE) is handled by the error listener.
    */
-  private endAfterWrites(): void {
+  endAfterWrites(): void {
     this.closing = true;
     const s = this.socket;
     s.pause();
     s.end(() => s.destroy());
   }
-}
-
-const EMPTY = Buffer.alloc(0);
-
-/** Overflow-safe range check: offsets beyond 2^53 are never in range. */
-function outOfRange(offset: number, length: number, size: number): boolean {
-  return offset > MAX_SAFE_BYTES || offset > size || length > size - offset;
-}
-
-/** Bytes a request holds in memory while in flight (READ data or WRITE payload). */
-function weightOf(req: NbdRequest): number {
-  if (req.type === NBD_CMD_READ) return req.length <= MAX_BYTES_IN_FLIGHT ? req.length : 0;
-  return req.payload ? req.payload.length : 0;
 }

@@ -574,6 +574,79 @@ describe('transmission', () => {
     expect(e.maxReadsRunning).toBeGreaterThan(8);
   });
 
+  it('reads into lent buffers, each reused only after the socket has sent it', async () => {
+    const e = new LendingExport({ name: 'r0', size: 16 * MiB });
+    const N = 1000;
+    const LEN = 4096;
+    // Filled at once, before the read resolves: a buffer the pool handed out
+    // again while its reply still waited in the cork would be overwritten.
+    e.fill = (offset, into) => into.fill(((offset / LEN) % 251) + 1);
+    const { listener } = await serve([e]);
+    const c = await connect(listener);
+    await c.negotiate();
+    const batch: Buffer[] = [];
+    for (let i = 0; i < N; i++) {
+      const cookie = BigInt(i + 1);
+      c.readLengths.set(cookie, LEN);
+      batch.push(encodeRequest({ type: NBD_CMD_READ, cookie, offset: i * LEN, length: LEN }));
+    }
+    c.write(Buffer.concat(batch));
+    for (let i = 0; i < N; i++) {
+      const r = await c.readReply();
+      const idx = Number(r.header.cookie) - 1;
+      expect(r.data.equals(Buffer.alloc(LEN, (idx % 251) + 1))).toBe(true);
+    }
+    expect(e.reads).toBe(N);
+    expect(e.reusedBuffers).toBeGreaterThan(N / 2);
+  });
+
+  it('a client that stops reading replies stalls the server: bounded reads in flight, none lent twice', async () => {
+    const e = new LendingExport({ name: 'r0', size: 32 * MiB });
+    const N = 300;
+    const LEN = 65536;
+    for (let i = 0; i < N; i++) e.store.write(i * LEN, Buffer.alloc(LEN, (i % 251) + 1));
+    const { listener } = await serve([e]);
+    const c = await connect(listener);
+    await c.negotiate();
+    const batch: Buffer[] = [];
+    for (let i = 0; i < N; i++) {
+      const cookie = BigInt(i + 1);
+      c.readLengths.set(cookie, LEN);
+      batch.push(encodeRequest({ type: NBD_CMD_READ, cookie, offset: i * LEN, length: LEN }));
+    }
+    c.pauseReading();
+    c.write(Buffer.concat(batch));
+    await new Promise((r) => setTimeout(r, 300));
+    // Not reading: the socket fills, the writer blocks, the server stops
+    // taking requests (and so stops lending buffers).
+    const readsWhileStalled = e.reads;
+    expect(readsWhileStalled).toBeLessThan(N);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(e.reads).toBe(readsWhileStalled);
+    expect(e.maxReadsRunning).toBeLessThanOrEqual(64);
+    c.resumeReading();
+    for (let i = 0; i < N; i++) {
+      const r = await c.readReply();
+      const idx = Number(r.header.cookie) - 1;
+      expect(r.data.equals(Buffer.alloc(LEN, (idx % 251) + 1))).toBe(true);
+    }
+    expect(e.reads).toBe(N);
+    expect(e.lentTwice).toBe(0);
+  });
+
+  it('a payload that arrives in pieces reaches writev as those pieces', async () => {
+    const e = new LendingExport({ name: 'r0', size: 16 * MiB });
+    const { listener } = await serve([e]);
+    const c = await connect(listener);
+    await c.negotiate();
+    const data = Buffer.alloc(2 * MiB);
+    for (let i = 0; i < data.length; i += 4) data.writeUInt32BE(i, i);
+    const r = await simpleRequest(c, NBD_CMD_WRITE, 4096, data.length, 0, data);
+    expect(r.header.kind === 'simple' && r.header.error).toBe(0);
+    expect(e.writevCalls).toBeGreaterThan(0);
+    expect((await e.store.read(4096, data.length)).equals(data)).toBe(true);
+  });
+
   it('DISC finishes in-flight requests, then closes without a reply', async () => {
     const e = exp();
     const { listener } = await serve([e]);
@@ -869,3 +942,42 @@ describe('real clients (sanity; the broad interop suite drives the daemon)', () 
     expect(readFileSync(dst).equals(data)).toBe(true);
   });
 });
+
+/** Reads into the buffer the server lends, checks it is never lent twice at once, and takes writev. */
+class LendingExport extends MemoryExport {
+  reads = 0;
+  lentTwice = 0;
+  reusedBuffers = 0;
+  writevCalls = 0;
+  /** When set, reads fill the lent buffer with this at once instead of reading the store. */
+  fill: ((offset: number, into: Buffer) => void) | null = null;
+  private readonly seen = new WeakSet<ArrayBufferLike>();
+  private readonly inUse = new Set<ArrayBufferLike>();
+
+  override async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    if (into === undefined || into.length !== length) throw new Error('the server lent no buffer of the right length');
+    const mem = into.buffer;
+    if (this.inUse.has(mem)) this.lentTwice++;
+    if (this.seen.has(mem)) this.reusedBuffers++;
+    this.seen.add(mem);
+    if (this.fill) {
+      this.fill(offset, into);
+      this.reads++;
+      return into;
+    }
+    this.inUse.add(mem);
+    try {
+      const data = await super.read(offset, length);
+      data.copy(into);
+      this.reads++;
+      return into;
+    } finally {
+      this.inUse.delete(mem);
+    }
+  }
+
+  async writev(offset: number, parts: readonly Buffer[], fua: boolean): Promise<void> {
+    this.writevCalls++;
+    await this.write(offset, Buffer.concat(parts), fua);
+  }
+}

@@ -119,6 +119,15 @@ export class RawClient {
     this.socket.write(b);
   }
 
+  /** Stop taking bytes from the socket (the server's replies back up), and go on. */
+  pauseReading(): void {
+    this.socket.pause();
+  }
+
+  resumeReading(): void {
+    this.socket.resume();
+  }
+
   destroy(): void {
     this.socket.destroy();
   }
