@@ -13,6 +13,8 @@
  */
 import type { Logger } from 'pino';
 import { FileStore } from '../../native-free-io/file-store.js';
+import { faultyIo, isFaultRule } from '../../native-free-io/faulty-io.js';
+import { nodePositionalIo, type PositionalIo } from '../../native-free-io/positional-io.js';
 import type { NodeConfig, ResourceConfig } from '../config/model.js';
 import { MirrorError } from '../errors.js';
 import {
@@ -100,7 +102,7 @@ export class Replica {
           }
         },
       });
-      const store = await FileStore.open(local.disk, { sizeLimitBytes: meta.layout.dataSizeBytes });
+      const store = await FileStore.open(local.disk, { sizeLimitBytes: meta.layout.dataSizeBytes, io: testFaults(local.disk, log) });
       return new Replica(meta, store, al, slots, bitmaps, log, wasPrimary);
     } catch (e) {
       await meta.close().catch(() => undefined);
@@ -207,5 +209,26 @@ export class Replica {
       await this.store.close();
       await this.meta.close();
     }
+  }
+}
+
+/**
+ * Tests only: MIRRORBD_TEST_FAULTS holds JSON {"<disk path>": {"op": "write",
+ * "afterCalls": 20, "errno": "EIO"}} and makes that disk fail like a dying
+ * one (docs/storage.md). Unset in production; a malformed value is ignored
+ * with a warning rather than risking a real disk.
+ */
+function testFaults(disk: string, log: Logger): PositionalIo | undefined {
+  const raw = process.env.MIRRORBD_TEST_FAULTS;
+  if (!raw) return undefined;
+  try {
+    const rule = (JSON.parse(raw) as Record<string, unknown>)[disk];
+    if (rule === undefined) return undefined;
+    if (!isFaultRule(rule)) throw new Error('not a fault rule');
+    log.warn({ disk, rule }, 'TEST FAULT INJECTION is on for this disk');
+    return faultyIo(nodePositionalIo, rule);
+  } catch (e) {
+    log.warn({ err: (e as Error).message }, 'MIRRORBD_TEST_FAULTS ignored');
+    return undefined;
   }
 }

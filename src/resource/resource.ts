@@ -318,7 +318,9 @@ export class Resource {
       return `${this.name} is Secondary on ${this.local.name}; ${primary ? `the Primary is ${primary.name}` : 'no Primary is known'}`;
     }
     if (this.disk === 'UpToDate') return null;
-    if (this.disk === 'Diskless' && [...this.peers.values()].some((p) => p.canServeReads())) return null;
+    // Without a usable disk of our own (detached, or failing and about to
+    // be detached) an UpToDate peer serves the data.
+    if ((this.disk === 'Diskless' || this.disk === 'Failed') && [...this.peers.values()].some((p) => p.canServeReads())) return null;
     return `${this.name} on ${this.local.name} has disk ${this.disk} and no UpToDate peer to serve it`;
   }
 

@@ -8,7 +8,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { NBD_CMD_READ, NBD_CMD_WRITE } from '../../src/nbd/constants.js';
 import { RawClient, type Reply } from './helpers/nbd-raw-client.js';
 import { makePair, statusOf, upPair, waitForStatus, type Pair, type PairNode } from '../helpers/pair.js';
-import { mustSucceed } from '../helpers/single-node.js';
+import { mustSucceed, runCli } from '../helpers/single-node.js';
 
 const BLOCK = 4096;
 const QUEUE_DEPTH = 8;
@@ -162,5 +162,58 @@ describe('a Primary crashes', () => {
     const a = await fsp.readFile(p.alpha.diskPath);
     const b = await fsp.readFile(p.beta.diskPath);
     expect(a.subarray(0, size).equals(b.subarray(0, size))).toBe(true);
+  });
+});
+
+describe('a disk that fails', () => {
+  it('on-io-error detach: the Primary detaches its failing disk and keeps serving through its peer; nothing acknowledged is lost', async () => {
+    const p = await makePair();
+    pairs.push(p);
+    for (const n of p.nodes) await mustSucceed(n.cli('create-md', 'r0'));
+    // alpha's disk will fail every write after its first 30 data writes
+    const faults = JSON.stringify({ [p.alpha.diskPath]: { op: 'write', afterCalls: 30, errno: 'EIO' } });
+    await mustSucceed(runCli(p.configFile, 'alpha', ['up', 'r0'], { MIRRORBD_TEST_FAULTS: faults }));
+    await mustSucceed(p.beta.cli('up', 'r0'));
+    await waitForStatus(p.alpha, (s) => s.peers[0]?.connection === 'Connected');
+    await mustSucceed(p.alpha.cli('primary', 'r0', '--force'));
+    await waitForStatus(p.beta, (s) => s.disk === 'UpToDate' && s.peers[0]?.replication === 'Established');
+
+    const c = await client(p.alpha);
+    const acked = new Map<number, number>();
+    let failed = 0;
+    try {
+      for (let i = 0; i < 80; i++) {
+        const block = (i * 37) % 1000;
+        c.request({ type: NBD_CMD_WRITE, cookie: BigInt(i + 1), offset: block * BLOCK, length: BLOCK }, stamped(block, i + 1));
+        const r = await c.readReply();
+        if (errorOf(r) === 0) acked.set(block, i + 1);
+        else failed++;
+      }
+    } finally {
+      c.destroy();
+    }
+    // the write that hit the failure is refused; the node detached and went on
+    expect(failed).toBeGreaterThanOrEqual(1);
+    expect(failed).toBeLessThanOrEqual(2);
+    expect(acked.size).toBeGreaterThanOrEqual(70);
+    const alpha = await waitForStatus(p.alpha, (s) => s.disk === 'Diskless');
+    expect(alpha.role).toBe('Primary');
+    // every acknowledged block reads back through alpha (served by beta) and from beta itself
+    await mustSucceed(p.alpha.cli('secondary', 'r0'));
+    await mustSucceed(p.beta.cli('primary', 'r0'));
+    const reader = await client(p.beta);
+    try {
+      let cookie = 1n;
+      for (const [block, stamp] of acked) {
+        reader.readLengths.set(cookie, BLOCK);
+        reader.request({ type: NBD_CMD_READ, cookie, offset: block * BLOCK, length: BLOCK });
+        const r = await reader.readReply();
+        expect(errorOf(r)).toBe(0);
+        if (!r.data.equals(stamped(block, stamp))) throw new Error(`acknowledged block ${block} is wrong on beta`);
+        cookie++;
+      }
+    } finally {
+      reader.destroy();
+    }
   });
 });
