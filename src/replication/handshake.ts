@@ -5,7 +5,7 @@
  * same pure function, so they agree on the direction without another round.
  */
 import type { Bitmap } from '../meta/index.js';
-import { Bitmap as BitmapImpl, decodeBitmapRleChunk, encodeBitmapRle } from '../meta/index.js';
+import { BITMAP_BLOCK_BYTES, Bitmap as BitmapImpl, decodeBitmapRleChunk, encodeBitmapRle } from '../meta/index.js';
 import type { PeerChannel } from './channel.js';
 import type {
   BitmapPacket,
@@ -94,12 +94,14 @@ export async function exchangeFacts(data: PeerChannel, waiter: PacketWaiter, own
 }
 
 /**
- * Send our bitmap for the peer and receive the peer's for us. Returns the
- * peer's bitmap (same geometry as ours).
+ * Send our bitmap for the peer and receive the peer's for us, both limited
+ * to the agreed data size (the smaller disk). Returns the peer's bitmap in
+ * our geometry.
  */
-export async function exchangeBitmaps(data: PeerChannel, waiter: PacketWaiter, own: Bitmap, timeoutMs: number): Promise<Bitmap> {
+export async function exchangeBitmaps(data: PeerChannel, waiter: PacketWaiter, own: Bitmap, agreedBytes: number, timeoutMs: number): Promise<Bitmap> {
   let startBit = 0;
-  const chunks = [...encodeBitmapRle(own)];
+  const toBlock = Math.min(own.blocks, Math.ceil(agreedBytes / BITMAP_BLOCK_BYTES));
+  const chunks = [...encodeBitmapRle(own, { toBlock })];
   chunks.forEach((payload, i) => {
     data.send({ kind: 'bitmap', last: i === chunks.length - 1, startBit, payload });
     startBit = 0;

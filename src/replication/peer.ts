@@ -133,6 +133,8 @@ export class Peer {
   private dialing = false;
   private lastDecision: string | null = null;
   private lastVerify: VerifyProgress | null = null;
+  /** The data size both sides work with, from the last handshake (the smaller disk). */
+  private agreedSizeBytes = 0;
   private nextReadId = 1;
   private lastError: string | null = null;
   private splitBrain = false;
@@ -364,10 +366,10 @@ export class Peer {
       }
       const ownBitmap = port.bitmapFor(this.nodeId);
       if (decision.strategy.endsWith('use-bitmap')) {
-        const theirBitmap = await exchangeBitmaps(data, waiter, ownBitmap, this.o.net.timeoutMs);
+        const theirBitmap = await exchangeBitmaps(data, waiter, ownBitmap, this.agreedSizeBytes, this.o.net.timeoutMs);
         ownBitmap.or(theirBitmap);
       }
-      if (decision.strategy.endsWith('full-sync')) ownBitmap.setAll();
+      if (decision.strategy.endsWith('full-sync')) ownBitmap.setRange(0, this.agreedSizeBytes);
       this.startSession(s, decision);
       for (const p of waiter.rest()) this.onData(s, p);
     } catch (e) {
@@ -420,11 +422,16 @@ export class Peer {
     const mismatch = paramsMismatch(this.ownFacts().params, theirs.params);
     if (mismatch) throw new StandAloneError(mismatch);
     const own = this.o.port.store()?.size ?? 0;
+    // Both sides work with the smaller disk (DRBD's rule). A Primary already
+    // exporting more than the peer can hold must not shrink under its clients.
     const sizes = agreeSizes({ dataSizeBytes: own, maxPayloadBytes: this.o.maxPayloadBytes }, theirs.sizes);
-    if (own !== theirs.sizes.dataSizeBytes) {
-      throw new StandAloneError(`data sizes differ (ours ${own} bytes, the peer's ${theirs.sizes.dataSizeBytes}); make the disks the same size`);
+    if (this.o.port.role() === 'Primary' && this.o.port.exportSize() > sizes.dataSizeBytes) {
+      throw new StandAloneError(
+        `the peer's disk (${theirs.sizes.dataSizeBytes} bytes) is smaller than what this Primary exports (${this.o.port.exportSize()} bytes)`,
+      );
     }
-    void sizes;
+    this.agreedSizeBytes = sizes.dataSizeBytes;
+    this.o.port.sizeAgreed(this.nodeId, sizes.dataSizeBytes);
     const u = theirs.uuids;
     const peerSide: SyncSide = {
       current: u.current,
@@ -493,7 +500,7 @@ export class Peer {
     } else {
       this.setReplication('SyncTarget');
       s.target = new ResyncTarget(store, bitmap, port.applyLock, { send: (p) => this.send(s, p) },
-        { rate: this.o.resyncRate, csumsAlg: this.csumsAlg() },
+        { rate: this.o.resyncRate, csumsAlg: this.csumsAlg(), limitBytes: this.agreedSizeBytes },
         {
           done: () => void this.resyncDone(s, 'target'),
           failed: (reason) => void this.endSession(s, `resync failed: ${reason}`),
@@ -761,7 +768,7 @@ export class Peer {
       throw new MirrorError('ERR_ROLE', `${this.o.port.resource}: verify needs an established connection without a resync (now ${this.replication})`);
     }
     this.setReplication('VerifyS');
-    s.verify = new VerifySource(store, this.o.port.bitmapFor(this.nodeId), this.o.net.verifyAlg, { send: (p) => this.send(s, p) },
+    s.verify = new VerifySource(store, this.agreedSizeBytes, this.o.port.bitmapFor(this.nodeId), this.o.net.verifyAlg, { send: (p) => this.send(s, p) },
       (progress: VerifyProgress) => {
         if (s.closed) return;
         this.lastVerify = { ...progress };

@@ -38,6 +38,10 @@ export interface ReplicaPort {
   diskFailed(op: string, error: unknown): void;
   /** The peer says both disks hold the same data: take `current` as ours (new-current-uuid). */
   adoptCurrent(peerNodeId: number, current: bigint): Promise<void>;
+  /** Bytes the NBD export offers now. */
+  exportSize(): number;
+  /** The handshake with the peer agreed on this data size (the smaller disk). */
+  sizeAgreed(peerNodeId: number, bytes: number): void;
   /** Persist the bitmap of this peer (dirty pages only). */
   saveBitmap(peerNodeId: number): Promise<void>;
 }

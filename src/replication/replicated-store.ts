@@ -13,7 +13,6 @@ export interface RemoteReader {
 }
 
 export class ReplicatedStore implements BlockStore {
-  readonly size: number;
   readonly capabilities: BlockStoreCapabilities;
 
   constructor(
@@ -22,11 +21,15 @@ export class ReplicatedStore implements BlockStore {
     private readonly replicator: Replicator,
     /** A peer that can serve reads now, when the local disk is gone. */
     private readonly reader: () => RemoteReader | null,
-    sizeBytes: number,
+    /** What the export offers: the local disk, or less when a peer's disk is smaller. */
+    private readonly sizeBytes: () => number,
     capabilities: BlockStoreCapabilities,
   ) {
-    this.size = sizeBytes;
     this.capabilities = capabilities;
+  }
+
+  get size(): number {
+    return this.sizeBytes();
   }
 
   read(offset: number, length: number, into?: Buffer): Promise<Buffer> {

@@ -46,6 +46,8 @@ export interface ResyncTargetOptions {
   rate: RateSettings;
   /** Checksum-based resync: send the digest of our block, get data only if it differs. */
   csumsAlg?: DigestAlg | null;
+  /** Copy only below this many bytes (the size both sides agreed on); default the whole store. */
+  limitBytes?: number;
   requestBytes?: number;
   maxInFlightBytes?: number;
 }
@@ -206,9 +208,14 @@ export class ResyncTarget {
       const maxBlocks = Math.max(1, Math.floor(this.requestBytes / BITMAP_BLOCK_BYTES));
       const blocks = Math.min(run.count, maxBlocks);
       const offset = run.block * BITMAP_BLOCK_BYTES;
-      const length = Math.min(blocks * BITMAP_BLOCK_BYTES, this.store.size - offset);
+      const limit = Math.min(this.store.size, this.opts.limitBytes ?? this.store.size);
+      const length = Math.min(blocks * BITMAP_BLOCK_BYTES, limit - offset);
       this.cursor = run.block + blocks;
-      if (length <= 0) break;
+      if (length <= 0) {
+        // Marks beyond the agreed size (the peer's disk is smaller): nothing to copy there.
+        this.bitmap.clearRange(offset, this.bitmap.dataSizeBytes - offset);
+        break;
+      }
       const id = this.nextId++;
       this.outstanding.set(id, { offset, length, sentAtMs: Date.now() });
       this.inFlightBytes += length;

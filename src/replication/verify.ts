@@ -61,13 +61,16 @@ export class VerifySource {
 
   constructor(
     private readonly store: BlockStore,
+    /** Verify only below this size (the smaller of the two disks). */
+    private limitBytes: number,
     private readonly bitmap: Bitmap,
     private readonly alg: DigestAlg,
     private readonly io: VerifyIo,
     private readonly onDone: (p: VerifyProgress) => void,
     private readonly log: Logger,
   ) {
-    this.progress = { totalBytes: store.size, doneBytes: 0, outOfSyncBlocks: 0, startedAtMs: Date.now(), finished: false };
+    this.limitBytes = Math.min(limitBytes > 0 ? limitBytes : store.size, store.size);
+    this.progress = { totalBytes: this.limitBytes, doneBytes: 0, outOfSyncBlocks: 0, startedAtMs: Date.now(), finished: false };
   }
 
   start(): void {
@@ -120,9 +123,9 @@ export class VerifySource {
       let req: Pending;
       const fine = this.fineQueue.shift();
       if (fine !== undefined) {
-        req = { offset: fine, length: Math.min(BITMAP_BLOCK_BYTES, this.store.size - fine), fine: true };
-      } else if (this.cursor < this.store.size) {
-        req = { offset: this.cursor, length: Math.min(VERIFY_RANGE_BYTES, this.store.size - this.cursor), fine: false };
+        req = { offset: fine, length: Math.min(BITMAP_BLOCK_BYTES, this.limitBytes - fine), fine: true };
+      } else if (this.cursor < this.limitBytes) {
+        req = { offset: this.cursor, length: Math.min(VERIFY_RANGE_BYTES, this.limitBytes - this.cursor), fine: false };
         this.cursor += req.length;
       } else {
         break;
@@ -131,7 +134,7 @@ export class VerifySource {
       this.pending.set(id, req);
       this.io.send({ kind: 'ov-request', id, offset: req.offset, length: req.length });
     }
-    if (this.pending.size === 0 && this.comparing === 0 && this.fineQueue.length === 0 && this.cursor >= this.store.size) {
+    if (this.pending.size === 0 && this.comparing === 0 && this.fineQueue.length === 0 && this.cursor >= this.limitBytes) {
       this.progress.finished = true;
       this.log.info({ outOfSyncBlocks: this.progress.outOfSyncBlocks, ms: Date.now() - this.progress.startedAtMs }, 'verify finished');
       this.onDone(this.progress);

@@ -55,6 +55,10 @@ export class Resource {
   private readonly writeLock = new RangeLock();
   private readonly applyLock = new RangeLock();
   private readonly upAtMs = Date.now();
+  /** The local disk's data size, from the first attach. */
+  private localSizeBytes = 0;
+  /** Data sizes agreed with peers (the smaller disk): the export never offers more. */
+  private readonly agreedSizes = new Map<number, number>();
 
   constructor(
     readonly config: ResourceConfig,
@@ -105,6 +109,7 @@ export class Resource {
       throw e;
     }
     this.replica = replica;
+    if (this.localSizeBytes === 0) this.localSizeBytes = replica.store.size;
     if (replica.crashedPrimary) this.log.warn('metadata says the last Primary run did not end cleanly: crashed primary');
     if (this.replicator === null) {
       this.replicator = new Replicator({
@@ -126,7 +131,7 @@ export class Resource {
           () => this.replica?.store ?? null,
           this.replicator,
           () => [...this.peers.values()].find((p) => p.canServeReads()) ?? null,
-          replica.store.size,
+          () => this.exportSize(),
           replica.store.capabilities,
         ),
         this.config.nbd.maxPayloadBytes,
@@ -138,6 +143,10 @@ export class Resource {
     }
     this.setDisk(diskStateFromFlags(readMdFlags(replica.superblock)), 'metadata flags at attach');
     this.log.info({ disk: this.disk, sizeBytes: replica.store.size }, 'disk attached');
+  }
+
+  private exportSize(): number {
+    return Math.min(this.localSizeBytes, ...this.agreedSizes.values());
   }
 
   /** errno values that mean the disk itself failed, not a bad request. */
@@ -234,6 +243,10 @@ export class Resource {
       },
       diskFailed: (op, e) => this.ioFailed(`replicated ${op}`, e),
       saveBitmap: (id) => replica().saveBitmap(id),
+      exportSize: () => this.exportSize(),
+      sizeAgreed: (id, bytes) => {
+        this.agreedSizes.set(id, bytes);
+      },
       adoptCurrent: async (id, current) => {
         const r = replica();
         await r.adoptGeneration(current, id);

@@ -375,3 +375,31 @@ describe.skipIf(missing.length > 0)('more of the replication link', () => {
     await expectSameData(p);
   });
 });
+
+describe.skipIf(missing.length > 0)('disks of different sizes', () => {
+  it('the pair agrees on the smaller disk: both export and sync that much', async () => {
+    const p = await pair();
+    await fsp.truncate(p.beta.diskPath, 48 * 1024 * 1024);
+    await upPair(p);
+    const beta = await statusOf(p.beta);
+    const a = await waitForStatus(p.alpha, (s) => s.peers[0]?.connection === 'Connected' && s.sizeBytes === beta.sizeBytes);
+    expect(a.sizeBytes).toBe(beta.sizeBytes);
+    await mustSucceed(p.alpha.cli('primary', 'r0', '--force'));
+    await waitForStatus(p.beta, (s) => s.disk === 'UpToDate' && s.peers[0]?.replication === 'Established');
+    await must('qemu-io', ['-f', 'raw', '-c', `write -P 0x4e ${beta.sizeBytes - 65536} 64k`, p.alpha.uri]);
+    const hashA = await hashPrefix(p.alpha.diskPath, beta.sizeBytes);
+    expect(hashA).toBe(await hashPrefix(p.beta.diskPath, beta.sizeBytes));
+  });
+
+  it('a Primary exporting its whole bigger disk is not shrunk under its clients: the smaller peer stays StandAlone', async () => {
+    const p = await pair();
+    await fsp.truncate(p.beta.diskPath, 48 * 1024 * 1024);
+    for (const n of p.nodes) await mustSucceed(n.cli('create-md', 'r0'));
+    await mustSucceed(p.alpha.cli('up', 'r0'));
+    await mustSucceed(p.alpha.cli('primary', 'r0', '--force'));
+    await mustSucceed(p.beta.cli('up', 'r0'));
+    const s = await waitForStatus(p.alpha, (x) => ((x.peers[0] as unknown as { lastError: string | null }).lastError ?? '').includes('smaller'));
+    expect(s.peers[0]!.connection).toBe('StandAlone');
+    expect(s.sizeBytes).toBeGreaterThan((await statusOf(p.beta)).sizeBytes);
+  });
+});

@@ -23,7 +23,7 @@ async function run(
   const toSource = new Wire<Packet>();
   const done = deferred<VerifyProgress>();
   let doneCalls = 0;
-  const source = new VerifySource(local, bitmap, alg, { send: (p) => toTarget.send(p) }, (p) => {
+  const source = new VerifySource(local, local.size, bitmap, alg, { send: (p) => toTarget.send(p) }, (p) => {
     doneCalls++;
     done.resolve(p);
   }, log);
@@ -113,7 +113,7 @@ describe('online verify', () => {
     bitmap.setBlocks(10, 1);
     const toSource = new Wire<Packet>();
     const done = deferred();
-    const source = new VerifySource(a, bitmap, 'sha256', { send: (p) => void answerVerify(b, 'sha256', p as { id: number; offset: number; length: number }, { send: (x) => toSource.send(x) }) }, () => done.resolve(), log);
+    const source = new VerifySource(a, a.size, bitmap, 'sha256', { send: (p) => void answerVerify(b, 'sha256', p as { id: number; offset: number; length: number }, { send: (x) => toSource.send(x) }) }, () => done.resolve(), log);
     toSource.deliver = (p) => void source.handle(p);
     source.start();
     await done.promise;
@@ -137,7 +137,7 @@ describe('online verify', () => {
     const [a] = await twins(4096 * KiB, 7);
     const bitmap = new Bitmap(a.size);
     const sent: Packet[] = [];
-    const source = new VerifySource(a, bitmap, 'crc32c', { send: (p) => sent.push(p) }, () => undefined, log);
+    const source = new VerifySource(a, a.size, bitmap, 'crc32c', { send: (p) => sent.push(p) }, () => undefined, log);
     source.start();
     expect(sent).toHaveLength(VERIFY_IN_FLIGHT);
     source.stop();
