@@ -8,6 +8,7 @@
 
 import { frontendMain } from './frontend.js';
 import { errorMessage, installSignalHandlers, runCleanups } from './proc.js';
+import { replicationMain } from './replication.js';
 
 interface Benchmark {
   summary: string;
@@ -18,6 +19,10 @@ const BENCHMARKS: Record<string, Benchmark> = {
   frontend: {
     summary: 'NBD frontend: mirrorbd (single node) vs nbdkit vs qemu-nbd under fio',
     main: frontendMain,
+  },
+  replication: {
+    summary: 'replication: one node vs two-node protocol A/B/C under fio; full and 1 % dirty resync vs nbdcopy',
+    main: replicationMain,
   },
 };
 
