@@ -22,8 +22,8 @@ import type { Packet } from './wire/index.js';
 import { digest, type DigestAlg } from './verify.js';
 import { RateController, type RateSettings } from './rate-controller.js';
 
-export const DEFAULT_RESYNC_REQUEST_BYTES = 256 * 1024;
-export const DEFAULT_RESYNC_IN_FLIGHT_BYTES = 8 * 1024 * 1024;
+export const DEFAULT_RESYNC_REQUEST_BYTES = 1024 * 1024;
+export const DEFAULT_RESYNC_IN_FLIGHT_BYTES = 32 * 1024 * 1024;
 /** How often the rate limiter refills. */
 export const RATE_TICK_MS = 50;
 
