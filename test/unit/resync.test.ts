@@ -5,7 +5,7 @@ import type { Peer, ReplicatedWrite } from '../../src/replication/peer.js';
 import { RangeLock } from '../../src/replication/range-lock.js';
 import { Receiver } from '../../src/replication/receiver.js';
 import { Replicator } from '../../src/replication/replicator.js';
-import { RATE_TICK_MS, ResyncSource, ResyncTarget, type ResyncTargetOptions } from '../../src/replication/resync.js';
+import { DEFAULT_RESYNC_REQUEST_BYTES, RATE_TICK_MS, ResyncSource, ResyncTarget, type ResyncTargetOptions } from '../../src/replication/resync.js';
 import type { PeerOutcome } from '../../src/replication/transfer-log.js';
 import { WRITE_FLAGS, type Packet } from '../../src/replication/wire/index.js';
 import { ControlledStore, Wire, deferred, randomBuffer, seededRandom, sleep, turns, until } from '../helpers/controlled-store.js';
@@ -212,7 +212,7 @@ describe('resync: bitmap-based copy (G6)', () => {
     const requests = r.kinds(r.toSource, 'rs-data-request') as Array<{ offset: number; length: number }>;
     let asked = 0;
     for (const q of requests) {
-      expect(q.length).toBeLessThanOrEqual(256 * KiB);
+      expect(q.length).toBeLessThanOrEqual(DEFAULT_RESYNC_REQUEST_BYTES);
       for (let at = q.offset; at < q.offset + q.length; at += BLOCK) expect(marked.has(at / BLOCK), `requested block ${at / BLOCK}`).toBe(true);
       asked += q.length;
     }
