@@ -25,7 +25,7 @@ export function hasTool(name: string): boolean {
 export function missingTools(...names: string[]): string[] {
   const missing = names.filter((n) => !hasTool(n));
   if (missing.length > 0) {
-    const line = `missing tool(s): ${missing.join(', ')} (install libnbd-bin qemu-utils nbdkit fio)`;
+    const line = `missing tool(s): ${missing.join(', ')} (.ci/run lists the Debian packages the tests need)`;
     if (requireTools) throw new Error(`${line}; MIRRORBD_REQUIRE_TOOLS=1`);
     console.warn(`skipping: ${line}`);
   }
