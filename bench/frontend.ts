@@ -6,25 +6,24 @@
  */
 
 import { randomFillSync } from 'node:crypto';
-import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import { cpus, tmpdir, totalmem } from 'node:os';
-import { join, relative } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { formatTopFunctions, readProfiles, summarizeProfiles } from './cpuprofile.js';
 import { FRONTEND_ROWS, RAMP_SECONDS, fioArgs, runFioRow, type FioResult, type FioRow } from './fio.js';
-import { cpuSeconds, errorMessage, freePort, isInterrupted, onCleanup, run } from './proc.js';
+import { cpuSeconds, errorMessage, freePort, isInterrupted, onCleanup } from './proc.js';
 import { BASELINE_SERVER, BENCH_HOST, SERVER_NAMES, launcher, type RunningServer, type ServerName } from './servers.js';
 import { median } from './stats.js';
 import { fmtCount, fmtNs, fmtRatio, markdownTable } from './table.js';
+import { REPO_ROOT, clockTicksPerSecond, commandLine, mirrorbdVersion, stamp, toolVersion } from './environment.js';
 
 const MiB = 1024 * 1024;
 /** The image size: 1 GiB, enough that random I/O is not one cache line, small enough to stay in page cache. */
 const IMAGE_BYTES = 1024 * MiB;
 const PROFILE_TOP = 25;
 /** dist/bench/frontend.js -> the repository root. */
-const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
 const USAGE = `usage: bench frontend [options]
 
@@ -154,7 +153,7 @@ export async function frontendMain(argv: string[]): Promise<number> {
     return 0;
   }
 
-  const command = commandLine(argv);
+  const command = commandLine('frontend', argv);
   const versions = await toolVersions();
   if (!versions.fio) {
     process.stderr.write('bench frontend: fio is not installed (Debian: apt-get install fio)\n');
@@ -437,50 +436,15 @@ interface Versions {
 }
 
 async function toolVersions(): Promise<Versions> {
-  const first = async (cmd: string, args: string[]): Promise<string | undefined> => {
-    try {
-      const r = await run(cmd, args, { timeoutMs: 10_000 });
-      return r.code === 0 ? r.stdout.split('\n')[0]?.trim() : undefined;
-    } catch {
-      return undefined;
-    }
-  };
-  let mirrorbd: string | undefined;
-  try {
-    const pkg = JSON.parse(await readFile(join(REPO_ROOT, 'package.json'), 'utf8')) as { version?: string };
-    mirrorbd = pkg.version ? `mirrorbd ${pkg.version}` : undefined;
-  } catch {
-    mirrorbd = undefined;
-  }
   return {
-    mirrorbd,
-    fio: await first('fio', ['--version']),
-    nbdkit: await first('nbdkit', ['--version']),
-    qemuNbd: await first('qemu-nbd', ['--version']),
+    mirrorbd: await mirrorbdVersion(),
+    fio: await toolVersion('fio', ['--version']),
+    nbdkit: await toolVersion('nbdkit', ['--version']),
+    qemuNbd: await toolVersion('qemu-nbd', ['--version']),
   };
 }
 
-async function clockTicksPerSecond(): Promise<number> {
-  try {
-    const r = await run('getconf', ['CLK_TCK'], { timeoutMs: 5000 });
-    const n = Number(r.stdout.trim());
-    if (Number.isInteger(n) && n > 0) return n;
-  } catch {
-    // fall through
-  }
-  return 100; // Linux's USER_HZ on every common architecture
-}
 
 /** The command as the user can type it again. */
-function commandLine(argv: string[]): string {
-  const script = relative(process.cwd(), process.argv[1] ?? 'dist/bench/run.js') || 'dist/bench/run.js';
-  return ['node', script, 'frontend', ...argv].map(shellQuote).join(' ');
-}
 
-function shellQuote(s: string): string {
-  return /^[\w./:=,@%+-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
-}
 
-function stamp(d: Date): string {
-  return d.toISOString().replace(/[-:]/g, '').replace(/\..*$/, '');
-}

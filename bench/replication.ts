@@ -11,10 +11,9 @@
  *    timed from `connect` until Established with nothing out of sync.
  */
 
-import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { cpus, tmpdir, totalmem } from 'node:os';
-import { join, relative } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { randomFillSync } from 'node:crypto';
 
@@ -23,10 +22,11 @@ import { formatTopFunctions, readProfiles, summarizeProfiles } from './cpuprofil
 import { FRONTEND_ROWS, RAMP_SECONDS, fioArgs, runFioRow, type FioResult, type FioRow } from './fio.js';
 import { createImage, scatteredIndices, syncFile } from './images.js';
 import { NbdClient } from './nbd-client.js';
-import { cpuSeconds, errorMessage, freePort, isInterrupted, onCleanup, run, runChecked } from './proc.js';
+import { cpuSeconds, errorMessage, freePort, isInterrupted, onCleanup, runChecked } from './proc.js';
 import { BENCH_HOST, launcher, type RunningServer } from './servers.js';
 import { median } from './stats.js';
 import { fmtCount, fmtNs, fmtRatio, markdownTable } from './table.js';
+import { REPO_ROOT, clockTicksPerSecond, commandLine, mirrorbdVersion, stamp, toolVersion } from './environment.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -40,7 +40,6 @@ const DIRTY_FRACTION = 0.01;
 const DIRTY_WRITE_DEPTH = 16;
 const DIRTY_SEED = 20240611;
 const PROFILE_TOP = 25;
-const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 /** Deadline for one resync (or nbdcopy): generous, far above any plausible rate. */
 const RESYNC_TIMEOUT_MS = 600_000;
 
@@ -225,7 +224,7 @@ export async function replicationMain(argv: string[]): Promise<number> {
     process.stdout.write(USAGE);
     return 0;
   }
-  const command = commandLine(argv);
+  const command = commandLine('replication', argv);
   const versions = await toolVersions();
   const missing: string[] = [];
   if (opts.parts.includes('fio') && !versions.fio) missing.push('fio (Debian: fio)');
@@ -941,49 +940,14 @@ interface Versions {
 }
 
 async function toolVersions(): Promise<Versions> {
-  const first = async (cmd: string, args: string[]): Promise<string | undefined> => {
-    try {
-      const r = await run(cmd, args, { timeoutMs: 10_000 });
-      return r.code === 0 ? r.stdout.split('\n')[0]?.trim() : undefined;
-    } catch {
-      return undefined;
-    }
-  };
-  let mirrorbd: string | undefined;
-  try {
-    const pkg = JSON.parse(await readFile(join(REPO_ROOT, 'package.json'), 'utf8')) as { version?: string };
-    mirrorbd = pkg.version ? `mirrorbd ${pkg.version}` : undefined;
-  } catch {
-    mirrorbd = undefined;
-  }
   return {
-    mirrorbd,
-    fio: await first('fio', ['--version']),
-    nbdkit: await first('nbdkit', ['--version']),
-    nbdcopy: await first('nbdcopy', ['--version']),
+    mirrorbd: await mirrorbdVersion(),
+    fio: await toolVersion('fio', ['--version']),
+    nbdkit: await toolVersion('nbdkit', ['--version']),
+    nbdcopy: await toolVersion('nbdcopy', ['--version']),
   };
 }
 
-async function clockTicksPerSecond(): Promise<number> {
-  try {
-    const r = await run('getconf', ['CLK_TCK'], { timeoutMs: 5000 });
-    const n = Number(r.stdout.trim());
-    if (Number.isInteger(n) && n > 0) return n;
-  } catch {
-    // fall through
-  }
-  return 100;
-}
 
-function commandLine(argv: string[]): string {
-  const script = relative(process.cwd(), process.argv[1] ?? 'dist/bench/run.js') || 'dist/bench/run.js';
-  return ['node', script, 'replication', ...argv].map(shellQuote).join(' ');
-}
 
-function shellQuote(s: string): string {
-  return /^[\w./:=,@%+-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
-}
 
-function stamp(d: Date): string {
-  return d.toISOString().replace(/[-:]/g, '').replace(/\..*$/, '');
-}
