@@ -353,7 +353,7 @@ export class Peer {
       s.peerUuids = theirs.uuids;
       this.peerRole = theirs.state.role;
       this.peerDisk = theirs.state.disk;
-      if (decision.strategy === 'split-brain-auto' || decision.strategy === 'split-brain-disconnect') {
+      if (isSplitBrain(decision.strategy)) {
         this.splitBrain = true;
         throw new StandAloneError(`split brain detected (${describeSyncDecision(decision)}); resolve it before connecting again`);
       }
@@ -932,16 +932,7 @@ export class Peer {
       bytesReceived: this.bytesReceivedTotal + (s ? s.data.bytesReceived + s.meta.bytesReceived : 0),
     };
   }
-
-  /** Resolves when the peer's received writes have all reached the disk (teardown, tests). */
-  async quiesce(): Promise<void> {
-    await this.session?.receiver?.idle();
-  }
 }
 
 /** A handshake outcome that must not be retried on its own: the operator decides. */
 class StandAloneError extends Error {}
-
-export function isSplitBrainDecision(d: SyncDecision): boolean {
-  return isSplitBrain(d.strategy);
-}

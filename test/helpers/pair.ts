@@ -8,6 +8,7 @@ import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { freePort, mustSucceed, runCli, stopProcess, type CliResult } from './single-node.js';
+import { readPid } from '../../src/daemon/run-dir.js';
 
 export const NODE_NAMES = ['alpha', 'beta'] as const;
 export type NodeName = (typeof NODE_NAMES)[number];
@@ -66,14 +67,7 @@ export async function makePair(opts: PairOptions = {}): Promise<Pair> {
       peerPort,
       uri: `nbd://127.0.0.1:${nbdPort}/r0`,
       cli: (...args) => runCli(configFile, name, args),
-      daemonPid: async () => {
-        try {
-          const pid = Number((await fsp.readFile(pidFile, 'utf8')).trim());
-          return Number.isSafeInteger(pid) && pid > 0 ? pid : null;
-        } catch {
-          return null;
-        }
-      },
+      daemonPid: () => readPid(pidFile),
     });
   }
   const writeConfig = async (net: string): Promise<void> => {

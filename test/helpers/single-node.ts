@@ -9,6 +9,7 @@ import { promises as fsp } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { readPid } from '../../src/daemon/run-dir.js';
 
 export const repoRoot = path.resolve(new URL('../..', import.meta.url).pathname);
 export const cliPath = path.join(repoRoot, 'dist/src/cli/main.js');
@@ -102,14 +103,7 @@ export async function startNode(opts: NodeOptions = {}): Promise<StartedNode> {
   );
   const cli = (...args: string[]): Promise<CliResult> => runCli(configFile, 'alpha', args);
   const pidFile = path.join(runDir, 'alpha.pid');
-  const daemonPid = async (): Promise<number | null> => {
-    try {
-      const pid = Number((await fsp.readFile(pidFile, 'utf8')).trim());
-      return Number.isSafeInteger(pid) && pid > 0 ? pid : null;
-    } catch {
-      return null;
-    }
-  };
+  const daemonPid = (): Promise<number | null> => readPid(pidFile);
   const node: StartedNode = {
     dir,
     configFile,

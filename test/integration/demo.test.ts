@@ -11,6 +11,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { repoRoot, stopProcess } from '../helpers/single-node.js';
 import { missingTools } from '../helpers/tools.js';
+import { readPid } from '../../src/daemon/run-dir.js';
 
 const demoJs = path.join(repoRoot, 'dist/src/cli/demo.js');
 const missing = missingTools('nbdinfo');
@@ -27,14 +28,6 @@ function alive(pid: number): boolean {
   }
 }
 
-async function readPid(file: string): Promise<number | null> {
-  try {
-    const pid = Number((await fsp.readFile(file, 'utf8')).trim());
-    return Number.isSafeInteger(pid) && pid > 0 ? pid : null;
-  } catch {
-    return null;
-  }
-}
 
 /** Resolves with the first match of `re` in the child's stdout, or rejects with what it printed. */
 function waitForOutput(child: ChildProcess, output: () => string, re: RegExp, ms: number): Promise<RegExpMatchArray> {
