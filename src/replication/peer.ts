@@ -490,23 +490,28 @@ export class Peer {
     const port = this.o.port;
     const store = port.store()!;
     const bitmap = port.bitmapFor(this.nodeId);
-    await port.syncStarting(this.nodeId, role);
-    if (s.closed) return;
     if (role === 'source') {
+      // Ready before anything is awaited: the target's first requests may
+      // already be queued behind the handshake and are handled right after
+      // this returns. A source has nothing to persist first.
       this.setReplication('SyncSource');
       s.source = new ResyncSource(store, bitmap, port.writeLock, { send: (p) => this.send(s, p) }, {
         done: () => void this.resyncDone(s, 'source'),
       }, this.log, this.csumsAlg());
-    } else {
-      this.setReplication('SyncTarget');
-      s.target = new ResyncTarget(store, bitmap, port.applyLock, { send: (p) => this.send(s, p) },
-        { rate: this.o.resyncRate, csumsAlg: this.csumsAlg(), limitBytes: this.agreedSizeBytes },
-        {
-          done: () => void this.resyncDone(s, 'target'),
-          failed: (reason) => void this.endSession(s, `resync failed: ${reason}`),
-        }, this.log);
-      s.target.start();
+      await port.syncStarting(this.nodeId, role);
+      return;
     }
+    // A target persists Inconsistent before it asks for (and writes) anything.
+    await port.syncStarting(this.nodeId, role);
+    if (s.closed) return;
+    this.setReplication('SyncTarget');
+    s.target = new ResyncTarget(store, bitmap, port.applyLock, { send: (p) => this.send(s, p) },
+      { rate: this.o.resyncRate, csumsAlg: this.csumsAlg(), limitBytes: this.agreedSizeBytes },
+      {
+        done: () => void this.resyncDone(s, 'target'),
+        failed: (reason) => void this.endSession(s, `resync failed: ${reason}`),
+      }, this.log);
+    s.target.start();
   }
 
   private csumsAlg(): DigestAlg | null {
