@@ -56,8 +56,12 @@ export interface ClusterSpec {
   dir: string;
   protocol: Protocol;
   nodes: Record<NodeName, NodeSpec>;
-  /** When set, alpha's daemon runs under `node --cpu-prof` into this directory. */
+  /** When set, the daemons of `profileNodes` run under `node --cpu-prof` into this directory. */
   profileDir?: string;
+  /** Whose daemon is profiled (default: alpha only). */
+  profileNodes?: readonly NodeName[];
+  /** The mirrorbd CLI to run (default: this checkout's build; another checkout's for an A/B). */
+  cli?: string;
 }
 
 export function clusterConfig(spec: ClusterSpec): string {
@@ -97,8 +101,8 @@ export class EventWatcher {
     private readonly unregister: () => void,
   ) {}
 
-  static async start(conf: string, node: NodeName): Promise<EventWatcher> {
-    const child = spawn(process.execPath, [MIRRORBD_CLI, '-c', conf, '--node', node, 'events', RESOURCE, '--json'], {
+  static async start(conf: string, node: NodeName, cli = MIRRORBD_CLI): Promise<EventWatcher> {
+    const child = spawn(process.execPath, [cli, '-c', conf, '--node', node, 'events', RESOURCE, '--json'], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     await new Promise<void>((resolve, reject) => {
@@ -219,12 +223,19 @@ export class Cluster {
       await rm(this.pidFile(node), { force: true });
       await this.cli(node, ['create-md', RESOURCE, '--force']);
     }
-    if (this.spec.profileDir) this.pids.alpha = await this.startProfiledDaemon('alpha', this.spec.profileDir);
+    if (this.spec.profileDir) {
+      for (const node of this.spec.profileNodes ?? ['alpha']) this.pids[node] = await this.startProfiledDaemon(node, this.spec.profileDir);
+    }
     for (const node of NODES) {
       await this.cli(node, ['up', RESOURCE]);
       this.pids[node] ??= await readPidFile(this.pidFile(node), START_TIMEOUT_MS);
     }
     await this.waitStatus('alpha', (s) => s.peers[0]?.connection === 'Connected', START_TIMEOUT_MS, 'alpha Connected');
+  }
+
+  /** The CLI this pair runs (and its daemons with it). */
+  get cliPath(): string {
+    return this.spec.cli ?? MIRRORBD_CLI;
   }
 
   runDir(node: NodeName): string {
@@ -240,7 +251,7 @@ export class Cluster {
   }
 
   cli(node: NodeName, args: string[]): Promise<{ stdout: string }> {
-    return runChecked(process.execPath, [MIRRORBD_CLI, '-c', this.conf, '--node', node, ...args], { timeoutMs: CLI_TIMEOUT_MS });
+    return runChecked(process.execPath, [this.cliPath, '-c', this.conf, '--node', node, ...args], { timeoutMs: CLI_TIMEOUT_MS });
   }
 
   async status(node: NodeName): Promise<StatusJson> {
@@ -288,7 +299,7 @@ export class Cluster {
     this.stopped = true;
     this.unregister();
     for (const node of NODES) {
-      const down = await run(process.execPath, [MIRRORBD_CLI, '-c', this.conf, '--node', node, 'down', RESOURCE], {
+      const down = await run(process.execPath, [this.cliPath, '-c', this.conf, '--node', node, 'down', RESOURCE], {
         timeoutMs: CLI_TIMEOUT_MS,
       }).catch((e: unknown) => ({ code: -1, stderr: errorMessage(e) }));
       if (down.code !== 0 && this.pids[node] !== undefined) {
@@ -313,7 +324,7 @@ export class Cluster {
     try {
       child = spawn(
         process.execPath,
-        ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, MIRRORBD_CLI, '-c', this.conf, '--node', node, 'daemon'],
+        ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, this.cliPath, '-c', this.conf, '--node', node, 'daemon'],
         { stdio: ['ignore', log.fd, log.fd] },
       );
       await new Promise<void>((resolve, reject) => {

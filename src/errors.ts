@@ -22,6 +22,9 @@ export type ErrorCode =
   | 'ERR_ALREADY_UP'
   | 'ERR_NOT_UP'
   | 'ERR_TWO_PRIMARIES'
+  | 'ERR_BUSY'
+  | 'ERR_NO_QUORUM'
+  | 'ERR_FENCING'
   | 'ERR_SPLIT_BRAIN'
   | 'ERR_NOT_CONNECTED'
   // daemon and control plane

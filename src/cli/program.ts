@@ -110,9 +110,10 @@ export function buildProgram(): Command {
   program
     .command('connect')
     .argument('<resource>')
+    .option('--discard-my-data', 'after a split brain: this node yields; it resyncs what either side changed since the split')
     .description('connect to the peers (after disconnect, or from StandAlone)')
-    .action(async (name: string) => {
-      await call({ cmd: 'connect', resource: name });
+    .action(async (name: string, o: { discardMyData?: boolean }) => {
+      await call({ cmd: 'connect', resource: name, discardMyData: o.discardMyData === true });
     });
 
   program
@@ -163,6 +164,8 @@ export function buildProgram(): Command {
     ['invalidate-remote', "mark the peers' data Inconsistent: a full resync to them follows"],
     ['pause-sync', 'pause a running resync'],
     ['resume-sync', 'resume a paused resync'],
+    ['outdate', 'mark the local data Outdated: it is not promoted without --force (what a fence-peer handler runs on the peer)'],
+    ['resume-io', 'resume I/O that fencing resource-and-stonith left suspended after a failed fence-peer'],
   ];
   for (const [verb, description] of simple) {
     program

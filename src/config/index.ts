@@ -14,7 +14,7 @@ export type * from './model.js';
 export { DEFAULT_CONFIG_FILE, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_NBD_PORT, DEFAULT_RUN_DIR, MAX_MAX_PAYLOAD_BYTES } from './model.js';
 export { formatConfig } from './format.js';
 export { findResource, localNode } from './lookup.js';
-export { HANDLER_NAMES } from './schema.js';
+export { HANDLER_NAMES, type HandlerName } from './schema.js';
 
 /** Parses config text; `file` names it in messages. `include` needs loadConfig. */
 export function parseConfig(text: string, file: string): Config {

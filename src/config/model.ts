@@ -37,7 +37,42 @@ export interface NetOptions {
   tlsCaFile: string | null;
   /** HMAC used for the peer challenge when a shared secret is set. */
   cramHmacAlg: CramHmacAlg;
+  /** What a Primary does about a peer it lost before writing on alone (DRBD's `fencing`). */
+  fencing: Fencing;
+  /** Split-brain policy when neither node is Primary. */
+  afterSb0pri: AfterSb0pri;
+  /** Split-brain policy when one node is Primary. */
+  afterSb1pri: AfterSb1pri;
+  /** Split-brain policy when both nodes are Primary. */
+  afterSb2pri: AfterSb2pri;
 }
+
+/**
+ * `fencing`: dont-care (nothing), resource-only (a Primary that loses a peer
+ * runs the fence-peer handler), resource-and-stonith (and freezes I/O until
+ * the handler has answered).
+ */
+export type Fencing = 'dont-care' | 'resource-only' | 'resource-and-stonith';
+
+/**
+ * `after-sb-0pri`: who loses a split brain found while both nodes are
+ * Secondary. `discard-node` names the node that loses (`discard-node-beta`).
+ */
+export type AfterSb0pri =
+  | { readonly policy: 'disconnect' }
+  | { readonly policy: 'discard-younger-primary' }
+  | { readonly policy: 'discard-older-primary' }
+  | { readonly policy: 'discard-zero-changes' }
+  | { readonly policy: 'discard-least-changes' }
+  | { readonly policy: 'discard-node'; readonly node: string };
+
+export type AfterSb0priPolicy = AfterSb0pri['policy'];
+
+/** `after-sb-1pri`: consensus applies the 0pri policy only when it discards the Secondary. */
+export type AfterSb1pri = 'disconnect' | 'consensus' | 'discard-secondary';
+
+/** `after-sb-2pri`: with two Primaries nobody's writes may be thrown away automatically. */
+export type AfterSb2pri = 'disconnect';
 
 export type CramHmacAlg = 'sha256' | 'sha1';
 
@@ -82,6 +117,10 @@ export interface ResourceOptions {
   quorum: QuorumSetting;
   onNoQuorum: OnNoQuorum;
   autoPromote: boolean;
+  /** How long a cluster-wide state change (promotion) waits for every peer's answer. */
+  twopcTimeoutMs: number;
+  /** How long a handler command may run before its process group is killed. */
+  handlerTimeoutMs: number;
 }
 
 export interface NodeConfig {

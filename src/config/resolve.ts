@@ -217,7 +217,7 @@ function resolveResource(section: Section, common: OptionLayer): ResourceConfig 
     }
   }
 
-  return {
+  const resource: ResourceConfig = {
     name,
     net: mergeSection('net', layers) as unknown as NetOptions,
     disk: mergeSection('disk', layers) as unknown as DiskOptions,
@@ -226,6 +226,31 @@ function resolveResource(section: Section, common: OptionLayer): ResourceConfig 
     handlers: mergeSection('handlers', layers) as Record<string, string>,
     nodes: drafts.map((d) => d.node),
   };
+  checkRoleManager(resource, layers);
+  return resource;
+}
+
+/** Where the winning layer set a field (undefined: it has its default). */
+function setAt(layers: readonly OptionLayer[], section: OptionSectionName, field: string): SetValue | undefined {
+  for (let i = layers.length - 1; i >= 0; i--) {
+    const set = layers[i]![section]?.get(field);
+    if (set !== undefined) return set;
+  }
+  return undefined;
+}
+
+/** Rules of the role manager's settings that need the nodes or another section. */
+function checkRoleManager(resource: ResourceConfig, layers: readonly OptionLayer[]): void {
+  const policy = resource.net.afterSb0pri;
+  if (policy.policy === 'discard-node' && !resource.nodes.some((n) => n.name === policy.node)) {
+    const names = resource.nodes.map((n) => n.name).join(', ');
+    fail(setAt(layers, 'net', 'afterSb0pri')!.at, `found 'discard-node-${policy.node}', expected discard-node- followed by a node of resource ${resource.name} (${names})`);
+  }
+  // Fencing means "ask the fence-peer handler before writing alone"; without
+  // one every loss of a peer would freeze or fail, which is never what was meant.
+  if (resource.net.fencing !== 'dont-care' && resource.handlers['fence-peer'] === undefined) {
+    fail(setAt(layers, 'net', 'fencing')!.at, `found 'fencing ${resource.net.fencing}' without a 'fence-peer' handler, expected 'handlers { fence-peer "COMMAND"; }' with it`);
+  }
 }
 
 export function resolveConfig(items: readonly Item[], file: string): Config {

@@ -56,6 +56,7 @@ export const HANDLER_NAMES = [
   'before-resync-target',
   'after-resync-target',
 ] as const;
+export type HandlerName = (typeof HANDLER_NAMES)[number];
 
 /** A command line; long enough for any sane script invocation. */
 const MAX_COMMAND_CHARS = 1024;
@@ -123,6 +124,13 @@ export const SECTIONS: Readonly<Record<SectionName, SectionRule>> = {
       { key: 'tls-key', field: 'tlsKeyFile', type: v.optional(v.path), default: null },
       { key: 'tls-cert', field: 'tlsCertFile', type: v.optional(v.path), default: null },
       { key: 'tls-ca', field: 'tlsCaFile', type: v.optional(v.path), default: null },
+      // The role manager (docs/config.md, "Roles, fencing and split brain").
+      { key: 'fencing', field: 'fencing', type: v.keyword(['dont-care', 'resource-only', 'resource-and-stonith']), default: 'dont-care' },
+      // Whether discard-node-NAME names a node of the resource is checked once the nodes are known.
+      { key: 'after-sb-0pri', field: 'afterSb0pri', type: v.afterSb0pri, default: v.AFTER_SB_DISCONNECT },
+      { key: 'after-sb-1pri', field: 'afterSb1pri', type: v.keyword(['disconnect', 'consensus', 'discard-secondary']), default: 'disconnect' },
+      // Both nodes wrote as Primary: only the operator may throw one side's writes away.
+      { key: 'after-sb-2pri', field: 'afterSb2pri', type: v.keyword(['disconnect']), default: 'disconnect' },
     ],
     check: (values, at) => {
       if (values.tls !== true) return;
@@ -185,6 +193,10 @@ export const SECTIONS: Readonly<Record<SectionName, SectionRule>> = {
       { key: 'quorum', field: 'quorum', type: v.quorum, default: 'off' },
       { key: 'on-no-quorum', field: 'onNoQuorum', type: v.keyword(['suspend-io', 'io-error']), default: 'suspend-io' },
       { key: 'auto-promote', field: 'autoPromote', type: v.yesNo, default: true },
+      // A resource option in DRBD 9 as well (in tenths of a second there; seconds here, like every duration).
+      { key: 'twopc-timeout', field: 'twopcTimeoutMs', type: v.seconds(1 * SECONDS, 600 * SECONDS, true), default: 30 * SECONDS },
+      // DRBD has no such limit; a hung notify script must not hold up the handlers queued behind it.
+      { key: 'handler-timeout', field: 'handlerTimeoutMs', type: v.seconds(100, 3600 * SECONDS, true), default: 60 * SECONDS },
     ],
   },
   handlers: {

@@ -6,7 +6,7 @@
  */
 import { isIPv4, isIPv6 } from 'node:net';
 import { configError } from '../errors.js';
-import type { NbdAddress, QuorumSetting, TcpAddress } from './model.js';
+import type { AfterSb0pri, NbdAddress, QuorumSetting, TcpAddress } from './model.js';
 import { describeToken, type Token } from './lexer.js';
 
 export interface ValueType<T> {
@@ -25,7 +25,8 @@ export function bad(tok: Token, expected: string): never {
 const MAX_DIGITS = 15;
 
 export function keyword<const K extends string>(choices: readonly K[]): ValueType<K> {
-  const expected = choices.length <= 3 ? `${choices.slice(0, -1).join(', ')} or ${choices[choices.length - 1]}` : `one of ${choices.join(', ')}`;
+  const last = choices[choices.length - 1]!;
+  const expected = choices.length === 1 ? last : choices.length <= 3 ? `${choices.slice(0, -1).join(', ')} or ${last}` : `one of ${choices.join(', ')}`;
   return {
     expected,
     parse: (tok) => ((choices as readonly string[]).includes(tok.text) ? (tok.text as K) : bad(tok, expected)),
@@ -134,11 +135,14 @@ export function optional<T>(type: ValueType<T>): ValueType<T | null> {
   return { expected: type.expected, parse: (tok) => type.parse(tok), format: (v) => (v === null ? null : type.format(v)) };
 }
 
+function isPlainName(text: string): boolean {
+  return /^[A-Za-z0-9_.-]{1,64}$/.test(text) && !/^\.+$/.test(text);
+}
+
 /** Resource and node names end up in file names (pid files, sockets), so they are plain. */
 export const name: ValueType<string> = {
   expected: 'a name of letters, digits, _ . and - (at most 64, not only dots)',
-  parse: (tok) =>
-    /^[A-Za-z0-9_.-]{1,64}$/.test(tok.text) && !/^\.+$/.test(tok.text) ? tok.text : bad(tok, name.expected),
+  parse: (tok) => (isPlainName(tok.text) ? tok.text : bad(tok, name.expected)),
   format: (v) => v,
 };
 
@@ -163,6 +167,32 @@ export const quorum: ValueType<QuorumSetting> = {
     return n >= 1 && n <= 32 ? n : bad(tok, quorum.expected);
   },
   format: (v) => String(v),
+};
+
+const DISCARD_NODE = 'discard-node-';
+const AFTER_SB_0PRI_WORDS = ['disconnect', 'discard-younger-primary', 'discard-older-primary', 'discard-zero-changes', 'discard-least-changes'] as const;
+
+/** The default: values are frozen, so resources may share one object. */
+export const AFTER_SB_DISCONNECT: AfterSb0pri = Object.freeze({ policy: 'disconnect' });
+
+/**
+ * `after-sb-0pri`: a policy word, or `discard-node-NAME`. Only the shape of
+ * NAME is checked here; that it is a node of the resource is checked when
+ * the resource's nodes are known.
+ */
+export const afterSb0pri: ValueType<AfterSb0pri> = {
+  expected: `one of ${AFTER_SB_0PRI_WORDS.join(', ')}, or ${DISCARD_NODE}NODE`,
+  parse: (tok) => {
+    if ((AFTER_SB_0PRI_WORDS as readonly string[]).includes(tok.text)) {
+      return Object.freeze({ policy: tok.text as (typeof AFTER_SB_0PRI_WORDS)[number] });
+    }
+    if (tok.text.startsWith(DISCARD_NODE)) {
+      const node = tok.text.slice(DISCARD_NODE.length);
+      if (isPlainName(node)) return Object.freeze({ policy: 'discard-node', node });
+    }
+    return bad(tok, afterSb0pri.expected);
+  },
+  format: (v) => (v.policy === 'discard-node' ? `${DISCARD_NODE}${v.node}` : v.policy),
 };
 
 // --- addresses -------------------------------------------------------------

@@ -22,7 +22,7 @@ export type ControlRequest =
   | { id: number; cmd: 'down'; resource: string }
   | { id: number; cmd: 'primary'; resource: string; force: boolean }
   | { id: number; cmd: 'secondary'; resource: string; force: boolean }
-  | { id: number; cmd: 'connect'; resource: string }
+  | { id: number; cmd: 'connect'; resource: string; discardMyData: boolean }
   | { id: number; cmd: 'verify'; resource: string }
   | { id: number; cmd: 'attach'; resource: string }
   | { id: number; cmd: 'detach'; resource: string }
@@ -30,6 +30,8 @@ export type ControlRequest =
   | { id: number; cmd: 'invalidate-remote'; resource: string }
   | { id: number; cmd: 'pause-sync'; resource: string }
   | { id: number; cmd: 'resume-sync'; resource: string }
+  | { id: number; cmd: 'outdate'; resource: string }
+  | { id: number; cmd: 'resume-io'; resource: string }
   | { id: number; cmd: 'new-current-uuid'; resource: string; clearBitmap: boolean }
   | { id: number; cmd: 'disconnect'; resource: string }
   | { id: number; cmd: 'status'; resource: string | null }
@@ -59,6 +61,8 @@ const SIMPLE_RESOURCE_COMMANDS = [
   'invalidate-remote',
   'pause-sync',
   'resume-sync',
+  'outdate',
+  'resume-io',
 ] as const;
 const RESOURCE_COMMANDS = new Set<string>(['up', 'primary', 'secondary', 'new-current-uuid', ...SIMPLE_RESOURCE_COMMANDS]);
 const FORCE_COMMANDS = new Set(['primary', 'secondary']);
@@ -99,8 +103,10 @@ export function decodeRequest(line: string): DecodedRequest {
     case 'up':
       if (typeof o.configFile !== 'string' || o.configFile.length === 0) return bad(id, '"up" needs a "configFile"');
       return { ok: true, request: { id, cmd, resource: o.resource as string, configFile: o.configFile } };
-    case 'down':
     case 'connect':
+      if (o.discardMyData !== undefined && typeof o.discardMyData !== 'boolean') return bad(id, '"discardMyData" must be true or false');
+      return { ok: true, request: { id, cmd, resource: o.resource as string, discardMyData: o.discardMyData === true } };
+    case 'down':
     case 'disconnect':
     case 'verify':
     case 'attach':
@@ -109,6 +115,8 @@ export function decodeRequest(line: string): DecodedRequest {
     case 'invalidate-remote':
     case 'pause-sync':
     case 'resume-sync':
+    case 'outdate':
+    case 'resume-io':
       return { ok: true, request: { id, cmd, resource: o.resource as string } };
     case 'new-current-uuid':
       if (o.clearBitmap !== undefined && typeof o.clearBitmap !== 'boolean') return bad(id, '"clearBitmap" must be true or false');

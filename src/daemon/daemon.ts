@@ -84,7 +84,7 @@ export class Daemon {
         await this.get(req.resource).secondary(req.force);
         return this.get(req.resource).status();
       case 'connect':
-        await this.get(req.resource).connect();
+        await this.get(req.resource).connect({ discardMyData: req.discardMyData });
         return null;
       case 'disconnect':
         await this.get(req.resource).disconnect();
@@ -109,6 +109,12 @@ export class Daemon {
         return null;
       case 'resume-sync':
         this.get(req.resource).resumeSync();
+        return null;
+      case 'outdate':
+        await this.get(req.resource).outdate();
+        return null;
+      case 'resume-io':
+        this.get(req.resource).resumeIo();
         return null;
       case 'new-current-uuid':
         await this.get(req.resource).newCurrentUuid(req.clearBitmap);

@@ -27,6 +27,12 @@ export const PEER_FLAGS = {
   PEER_FULL_SYNC: 1 << 2,
   /** We have had a connection with this peer at some point. */
   PEER_DEVICE_SEEN: 1 << 3,
+  /**
+   * This slot's bitmap UUID was set while this node was Primary: it lost the
+   * peer and went on writing (split-brain policies discard-younger/older-primary
+   * read it, as DRBD reads the role bit of its bitmap UUID).
+   */
+  BITMAP_WHILE_PRIMARY: 1 << 4,
 } as const;
 
 export type MdFlagName = keyof typeof MD_FLAGS;

@@ -59,7 +59,7 @@ export const SB_FIELDS = {
 } as const;
 
 /** Byte offsets within one peer slot. */
-export const PEER_SLOT_FIELDS = { nodeId: 0, flags: 4, bitmapUuid: 8, reserved: 16 } as const;
+export const PEER_SLOT_FIELDS = { nodeId: 0, flags: 4, bitmapUuid: 8, agreedSizeBytes: 16, reserved: 24 } as const;
 export const PEER_SLOT_BYTES = 32;
 const PEERS_END = SB_FIELDS.peers + MAX_PEERS * PEER_SLOT_BYTES;
 
@@ -69,6 +69,12 @@ export interface PeerSlot {
   flags: number;
   /** See uuid.ts: the generation this slot's bitmap counts changes from; 0 = clean. */
   bitmapUuid: bigint;
+  /**
+   * The data size last agreed with this peer (the smaller disk), so a node
+   * that restarts alone never exports more than its peer can hold. Absent
+   * (0 on disk) until the first handshake.
+   */
+  agreedSizeBytes?: number;
 }
 
 export interface Superblock {
@@ -142,6 +148,7 @@ export function encodeSuperblock(sb: Superblock, superblockOffset = sb.internal 
       buf.writeUInt32BE(p.nodeId, at + PEER_SLOT_FIELDS.nodeId);
       buf.writeUInt32BE(p.flags, at + PEER_SLOT_FIELDS.flags);
       buf.writeBigUInt64BE(p.bitmapUuid, at + PEER_SLOT_FIELDS.bitmapUuid);
+      buf.writeBigUInt64BE(BigInt(p.agreedSizeBytes ?? 0), at + PEER_SLOT_FIELDS.agreedSizeBytes);
     });
   } catch (e) {
     throw new RangeError(`superblock field out of range: ${(e as Error).message}`);
@@ -261,7 +268,14 @@ export function decodeSuperblock(buf: Buffer, superblockOffset: number): Superbl
     const peerFlags = buf.readUInt32BE(slot + PEER_SLOT_FIELDS.flags);
     if ((peerFlags & ~KNOWN_PEER_FLAGS) !== 0) bad('peers', `peer slot ${i} has unknown flag bits 0x${(peerFlags & ~KNOWN_PEER_FLAGS).toString(16)}`, rel + PEER_SLOT_FIELDS.flags);
     reservedAt(slot + PEER_SLOT_FIELDS.reserved, slot + PEER_SLOT_BYTES, 'peers');
-    peers.push({ nodeId: peerNode, flags: peerFlags, bitmapUuid: buf.readBigUInt64BE(slot + PEER_SLOT_FIELDS.bitmapUuid) });
+    const agreed = buf.readBigUInt64BE(slot + PEER_SLOT_FIELDS.agreedSizeBytes);
+    if (agreed > BigInt(Number.MAX_SAFE_INTEGER)) bad('peers', `peer slot ${i} has an agreed size beyond 2^53`, rel + PEER_SLOT_FIELDS.agreedSizeBytes);
+    peers.push({
+      nodeId: peerNode,
+      flags: peerFlags,
+      bitmapUuid: buf.readBigUInt64BE(slot + PEER_SLOT_FIELDS.bitmapUuid),
+      ...(agreed > 0n ? { agreedSizeBytes: Number(agreed) } : {}),
+    });
   }
   reservedAt(PEERS_END, F.crc, 'peers');
 

@@ -26,11 +26,14 @@ import type { ReplicaPort, SyncRole } from './replica-port.js';
 import { Receiver } from './receiver.js';
 import { ResyncSource, ResyncTarget, type ResyncProgress } from './resync.js';
 import type { RateSettings } from './rate-controller.js';
-import { decideSync, describeSyncDecision, isSplitBrain, type SyncDecision, type SyncSide } from './sync-decision.js';
+import { decideSync, describeSyncDecision, isSplitBrain, type SyncDecision, type SyncSide, type SyncStrategy } from './sync-decision.js';
+import { describeAfterSb, resolveSplitBrain, type AfterSbSide } from './after-sb.js';
 import { TransferLog, type PeerOutcome } from './transfer-log.js';
 import { VerifySource, answerVerify, type DigestAlg, type VerifyProgress } from './verify.js';
 import {
   FEATURES,
+  NO_NODE,
+  PARAMS_FLAGS,
   UUID_FLAGS,
   WRITE_FLAGS,
   agreeSizes,
@@ -39,6 +42,8 @@ import {
   type Channel,
   type Packet,
   type ReplicationProtocol,
+  type TwopcChange,
+  type TwopcRefusal,
   type UuidsPacket,
   type WireDiskState,
   type WireRole,
@@ -46,6 +51,34 @@ import {
 
 /** After an orderly "renegotiate" the dialer reconnects at once, not after connect-int. */
 export const RENEGOTIATE_PREFIX = 'renegotiate: ';
+/** A node going down says so: its peers do not count it against quorum while it is away. */
+export const LEAVING_PREFIX = 'leaving: ';
+
+/** What a participant answers to a two-phase change (TWOPC_PREPARE). */
+export interface TwopcAnswer {
+  yes: boolean;
+  reason: TwopcRefusal;
+  /** The Primary the answering node knows of, or NO_NODE. */
+  primaryNodeId: number;
+}
+
+/** The resource's side of a two-phase change that a peer initiated. */
+export interface TwopcParticipant {
+  prepare(fromNodeId: number, txId: number, change: TwopcChange): TwopcAnswer;
+  commit(fromNodeId: number, txId: number): void;
+  abort(fromNodeId: number, txId: number | null): void;
+}
+
+/** How the resource hears about a peer beyond events. */
+export interface PeerHooks {
+  /** The connection came up or went down, or the peer's role or disk changed. */
+  changed(): void;
+  /** The session ended: was the peer Primary, and did it say it was leaving? */
+  lost(info: { wasPrimary: boolean; graceful: boolean; reason: string }): void;
+  /** A split brain no policy resolved (the split-brain handler's moment). */
+  splitBrain?(detail: string): void;
+  twopc: TwopcParticipant;
+}
 
 export interface PeerOptions {
   port: ReplicaPort;
@@ -59,6 +92,7 @@ export interface PeerOptions {
   onEvent?: (e: { type: string; [field: string]: unknown }) => void;
   /** TLS material when `net { tls yes; }` (PEM). */
   tls?: PeerTls | null;
+  hooks?: PeerHooks;
 }
 
 export interface PeerTls {
@@ -95,6 +129,8 @@ interface Session {
   replicating: boolean;
   peerUuids: UuidsPacket | null;
   barrierWaiters: Map<number, Array<(o: PeerOutcome) => void>>;
+  /** Our two-phase changes waiting for this peer's answer: txId -> waiter. */
+  twopcWaiters: Map<number, (a: TwopcAnswer | null) => void>;
   /** Our reads served by the peer (we are diskless): id -> waiter. */
   remoteReads: Map<number, { resolve: (b: Buffer) => void; reject: (e: Error) => void; length: number }>;
   pingTimer: NodeJS.Timeout | null;
@@ -117,6 +153,10 @@ export interface PeerStatusFacts {
   lastDecision: string | null;
   lastError: string | null;
   splitBrain: boolean;
+  /** The peer said it was going down (it does not count against quorum while away). */
+  leftGracefully: boolean;
+  /** The peer has no disk by configuration (a witness: it votes, stores nothing). */
+  diskless: boolean;
   bytesSent: number;
   bytesReceived: number;
 }
@@ -138,6 +178,9 @@ export class Peer {
   private nextReadId = 1;
   private lastError: string | null = null;
   private splitBrain = false;
+  private leftGracefully = false;
+  /** `connect --discard-my-data`: this node yields the next split brain; cleared once connected. */
+  private discardMyData = false;
   private bytesSentTotal = 0;
   private bytesReceivedTotal = 0;
   private readonly log: Logger;
@@ -162,7 +205,8 @@ export class Peer {
 
   // --- connection lifecycle ----------------------------------------------------
 
-  connect(): void {
+  connect(opts: { discardMyData?: boolean } = {}): void {
+    if (opts.discardMyData) this.discardMyData = true;
     if (this.connection !== 'StandAlone') return;
     this.splitBrain = false;
     this.setConnection('Connecting');
@@ -192,6 +236,7 @@ export class Peer {
     if (from !== to) {
       this.log.info({ from, to }, 'connection state');
       this.o.onEvent?.({ type: 'connection', from, to });
+      this.o.hooks?.changed();
     }
   }
 
@@ -326,6 +371,7 @@ export class Peer {
       replicating: false,
       peerUuids: null,
       barrierWaiters: new Map(),
+      twopcWaiters: new Map(),
       remoteReads: new Map(),
       pingTimer: null,
       pingDeadline: null,
@@ -339,6 +385,7 @@ export class Peer {
     meta.setIntegrity(integrity);
     data.onClose((r) => void this.endSession(s, r));
     meta.onClose((r) => void this.endSession(s, r));
+    this.leftGracefully = false;
     this.setConnection('Connected');
     this.lastError = null;
 
@@ -353,10 +400,7 @@ export class Peer {
       s.peerUuids = theirs.uuids;
       this.peerRole = theirs.state.role;
       this.peerDisk = theirs.state.disk;
-      if (isSplitBrain(decision.strategy)) {
-        this.splitBrain = true;
-        throw new StandAloneError(`split brain detected (${describeSyncDecision(decision)}); resolve it before connecting again`);
-      }
+      if (isSplitBrain(decision.strategy)) decision = this.resolveSplitBrain(decision, theirs);
       if (decision.strategy === 'unrelated-data') throw new StandAloneError('unrelated data: the two disks share no history');
       if (port.role() === 'Primary' && decision.strategy.startsWith('target')) {
         throw new StandAloneError('this node is Primary but would have to become SyncTarget; demote it first');
@@ -365,11 +409,18 @@ export class Peer {
         throw new StandAloneError('both disks are Inconsistent; no side can be the source');
       }
       const ownBitmap = port.bitmapFor(this.nodeId);
-      if (decision.strategy.endsWith('use-bitmap')) {
+      if (ownBitmap && decision.strategy.endsWith('use-bitmap')) {
         const theirBitmap = await exchangeBitmaps(data, waiter, ownBitmap, this.agreedSizeBytes, this.o.net.timeoutMs);
         ownBitmap.or(theirBitmap);
       }
-      if (decision.strategy.endsWith('full-sync')) ownBitmap.setRange(0, this.agreedSizeBytes);
+      if (ownBitmap && decision.strategy.endsWith('full-sync')) {
+        // On disk before the first block moves: an interrupted full sync then
+        // resumes from what is left (rule equal + inconsistent-peer) instead of
+        // trusting a bitmap that never knew about it.
+        ownBitmap.setRange(0, this.agreedSizeBytes);
+        await port.saveBitmap(this.nodeId);
+      }
+      this.discardMyData = false;
       this.startSession(s, decision);
       for (const p of waiter.rest()) this.onData(s, p);
     } catch (e) {
@@ -393,15 +444,17 @@ export class Peer {
     const side = port.syncSide(this.nodeId);
     const store = port.store();
     let flags = 0;
+    const paramsFlags = this.discardMyData ? PARAMS_FLAGS.DISCARD_MY_DATA : 0;
     if (side.flags.consistent) flags |= UUID_FLAGS.CONSISTENT;
     if (side.flags.wasUpToDate) flags |= UUID_FLAGS.WAS_UP_TO_DATE;
     if (side.flags.primary) flags |= UUID_FLAGS.PRIMARY;
     if (side.flags.crashedPrimary) flags |= UUID_FLAGS.CRASHED_PRIMARY;
+    if (side.primaryAtSplit) flags |= UUID_FLAGS.PRIMARY_AT_SPLIT;
     return {
       params: {
         kind: 'params',
         protocol: this.protocol,
-        flags: 0,
+        flags: paramsFlags,
         csumsAlg: this.o.net.csumsAlg === 'none' ? '' : this.o.net.csumsAlg,
         verifyAlg: this.o.net.verifyAlg,
       },
@@ -431,6 +484,12 @@ export class Peer {
       );
     }
     this.agreedSizeBytes = sizes.dataSizeBytes;
+    if (own === 0 || theirs.sizes.dataSizeBytes === 0) {
+      // A witness, or a node whose disk is detached: nothing to compare or copy.
+      const decision: SyncDecision = { strategy: 'no-sync', rule: 'diskless' };
+      this.lastDecision = describeSyncDecision(decision);
+      return decision;
+    }
     this.o.port.sizeAgreed(this.nodeId, sizes.dataSizeBytes);
     const u = theirs.uuids;
     const peerSide: SyncSide = {
@@ -456,6 +515,46 @@ export class Peer {
     return decision;
   }
 
+  /**
+   * A split brain: the operator's `--discard-my-data` or the after-sb policy
+   * may name the side that loses its changes (it becomes SyncTarget of the
+   * blocks either side changed). Otherwise the connection goes StandAlone.
+   * Both nodes run the same pure function on mirrored facts.
+   */
+  private resolveSplitBrain(decision: SyncDecision, theirs: HandshakeFacts): SyncDecision {
+    const own = this.ownFacts();
+    const side = (f: HandshakeFacts, node: NodeConfig): AfterSbSide => ({
+      nodeId: node.nodeId,
+      name: node.name,
+      primary: f.state.role === 'Primary',
+      changedBlocks: f.uuids.dirtyBlocks,
+      primaryAtSplit: (f.uuids.flags & UUID_FLAGS.PRIMARY_AT_SPLIT) !== 0,
+      discardMyData: (f.params.flags & PARAMS_FLAGS.DISCARD_MY_DATA) !== 0,
+    });
+    const r = resolveSplitBrain({
+      policies: this.o.net,
+      splitBrain: decision.strategy as 'split-brain-auto' | 'split-brain-disconnect',
+      local: side(own, this.o.self),
+      peer: side(theirs, this.o.peer),
+      resolveConflicts: this.o.self.nodeId > this.o.peer.nodeId,
+    });
+    const detail = `${describeSyncDecision(decision)}; ${describeAfterSb(r)}`;
+    this.o.onEvent?.({ type: 'split-brain', outcome: r.outcome, rule: r.rule, policy: r.policy, decision: decision.rule });
+    if (r.outcome === 'disconnect') {
+      this.splitBrain = true;
+      this.o.hooks?.splitBrain?.(detail);
+      throw new StandAloneError(`split brain detected (${detail}); resolve it before connecting again`);
+    }
+    this.log.warn({ outcome: r.outcome, rule: r.rule, policy: r.policy }, `split brain resolved: ${detail}`);
+    // Bitmaps record both sides' changes only for split-brain-auto.
+    const full = decision.strategy === 'split-brain-disconnect';
+    const local = r.outcome === 'discard-local';
+    const strategy: SyncStrategy = local ? (full ? 'target-full-sync' : 'target-use-bitmap') : full ? 'source-full-sync' : 'source-use-bitmap';
+    const resolved: SyncDecision = { strategy, rule: r.policy === 'discard-my-data' ? 'discard-my-data' : 'after-sb-policy', byUuids: decision };
+    this.lastDecision = `${describeSyncDecision(resolved)}; ${describeAfterSb(r)}`;
+    return resolved;
+  }
+
   private startSession(s: Session, decision: SyncDecision): void {
     const port = this.o.port;
     const store = port.store();
@@ -464,7 +563,7 @@ export class Peer {
         written: (offset, length) => {
           if (s.target) s.target.replicatedWriteApplied(offset, length);
           // A diskless peer writing through us: its own disk misses this.
-          else if (this.peerDisk === 'Diskless' && port.store()) port.bitmapFor(this.nodeId).setRange(offset, length);
+          else if (this.peerDisk === 'Diskless') port.bitmapFor(this.nodeId)?.setRange(offset, length);
         },
         diskFailed: (op, e) => port.diskFailed(op, e),
       }, this.log);
@@ -477,19 +576,19 @@ export class Peer {
       // Nothing to copy. Marks that are left (both sides had some) stay for
       // the operator: verify and invalidate decide what they mean.
       this.setReplication('Established');
-      s.replicating = this.peerDisk === 'UpToDate' || this.peerDisk === 'Consistent' || this.peerDisk === 'Outdated';
+      s.replicating = !this.peerIsWitness && (this.peerDisk === 'UpToDate' || this.peerDisk === 'Consistent' || this.peerDisk === 'Outdated');
       return;
     }
     // A SyncTarget receives replication from the first write on: a write
     // not sent would set a bit here that the target never asks for.
     if (role === 'source') s.replicating = true;
-    void this.startResync(s, role);
+    void this.startResync(s, role, decision.strategy.endsWith('full-sync'));
   }
 
-  private async startResync(s: Session, role: SyncRole): Promise<void> {
+  private async startResync(s: Session, role: SyncRole, full: boolean): Promise<void> {
     const port = this.o.port;
     const store = port.store()!;
-    const bitmap = port.bitmapFor(this.nodeId);
+    const bitmap = port.bitmapFor(this.nodeId)!;
     if (role === 'source') {
       // Ready before anything is awaited: the target's first requests may
       // already be queued behind the handshake and are handled right after
@@ -498,11 +597,11 @@ export class Peer {
       s.source = new ResyncSource(store, bitmap, port.writeLock, { send: (p) => this.send(s, p) }, {
         done: () => void this.resyncDone(s, 'source'),
       }, this.log, this.csumsAlg());
-      await port.syncStarting(this.nodeId, role);
+      await port.syncStarting(this.nodeId, role, full, 0n);
       return;
     }
     // A target persists Inconsistent before it asks for (and writes) anything.
-    await port.syncStarting(this.nodeId, role);
+    await port.syncStarting(this.nodeId, role, full, s.peerUuids?.current ?? 0n);
     if (s.closed) return;
     this.setReplication('SyncTarget');
     s.target = new ResyncTarget(store, bitmap, port.applyLock, { send: (p) => this.send(s, p) },
@@ -541,6 +640,8 @@ export class Peer {
     s.source?.stop();
     s.target?.stop();
     s.verify?.stop();
+    for (const w of s.twopcWaiters.values()) w(null);
+    s.twopcWaiters.clear();
     this.bytesSentTotal += s.data.bytesSent + s.meta.bytesSent;
     this.bytesReceivedTotal += s.data.bytesReceived + s.meta.bytesReceived;
     // G1: what the peer did not confirm is marked before anyone hears the
@@ -548,7 +649,7 @@ export class Peer {
     const wasReplicating = s.replicating;
     s.replicating = false;
     const lost = s.tl.takeLost();
-    const bitmap = this.o.port.store() ? this.o.port.bitmapFor(this.nodeId) : null;
+    const bitmap = this.o.port.bitmapFor(this.nodeId);
     for (const r of lost.ranges) bitmap?.setRange(r.offset, r.length);
     for (const waiters of s.barrierWaiters.values()) for (const w of waiters) w('lost');
     s.barrierWaiters.clear();
@@ -560,9 +661,13 @@ export class Peer {
     await this.o.port.peerLost(this.nodeId, wasReplicating).catch((e: unknown) => this.log.error({ err: e }, 'recording the lost peer failed'));
     lost.release();
     if (this.replication !== 'Off') this.setReplication('Off');
+    const wasPrimary = this.peerRole === 'Primary';
+    this.leftGracefully = reason.includes(LEAVING_PREFIX);
     this.peerRole = 'Unknown';
     this.peerDisk = 'DUnknown';
+    this.o.hooks?.twopc.abort(this.nodeId, null);
     if (this.connection === 'Connected') this.setConnection('Connecting');
+    this.o.hooks?.lost({ wasPrimary, graceful: this.leftGracefully, reason });
     if (this.connection === 'Connecting' && this.dials) {
       this.scheduleDial(reason.startsWith(RENEGOTIATE_PREFIX) || reason.includes(RENEGOTIATE_PREFIX) ? 0 : this.o.net.connectIntMs);
     }
@@ -588,13 +693,14 @@ export class Peer {
         this.peerRole = p.role;
         this.peerDisk = p.disk;
         if (p.disk === 'Diskless' && s.replicating) void this.stopReplicatingTo(s, 'the peer detached its disk');
-        else if (p.disk === 'UpToDate' && this.replication === 'Established') s.replicating = true;
+        else if (p.disk === 'UpToDate' && this.replication === 'Established' && !this.peerIsWitness) s.replicating = true;
+        this.o.hooks?.changed();
         return;
       case 'data-request':
         void this.serveRead(s, p.id, p.offset, p.length);
         return;
       case 'out-of-sync':
-        if (this.o.port.store()) this.o.port.bitmapFor(this.nodeId).setRange(p.offset, p.length);
+        this.o.port.bitmapFor(this.nodeId)?.setRange(p.offset, p.length);
         return;
       case 'data-reply': {
         const r = s.remoteReads.get(p.id);
@@ -644,7 +750,7 @@ export class Peer {
         return;
       case 'neg-ack': {
         const r = s.tl.failed(p.seq);
-        if (r && this.o.port.store()) this.o.port.bitmapFor(this.nodeId).setRange(r.offset, r.length);
+        if (r) this.o.port.bitmapFor(this.nodeId)?.setRange(r.offset, r.length);
         return;
       }
       case 'rs-write-ack':
@@ -659,6 +765,24 @@ export class Peer {
       case 'rs-is-in-sync':
       case 'neg-rs-reply':
         s.target?.handle(p);
+        return;
+      case 'twopc-prepare': {
+        const hooks = this.o.hooks;
+        const a: TwopcAnswer = hooks ? hooks.twopc.prepare(this.nodeId, p.txId, p.change) : { yes: false, reason: 'not-allowed', primaryNodeId: NO_NODE };
+        this.send(s, { kind: 'twopc-reply', txId: p.txId, ...a });
+        return;
+      }
+      case 'twopc-reply': {
+        const w = s.twopcWaiters.get(p.txId);
+        s.twopcWaiters.delete(p.txId);
+        w?.({ yes: p.yes, reason: p.reason, primaryNodeId: p.primaryNodeId });
+        return;
+      }
+      case 'twopc-commit':
+        this.o.hooks?.twopc.commit(this.nodeId, p.txId);
+        return;
+      case 'twopc-abort':
+        this.o.hooks?.twopc.abort(this.nodeId, p.txId);
         return;
       case 'barrier-ack': {
         s.tl.barrierDone(p.epoch);
@@ -769,11 +893,11 @@ export class Peer {
   startVerify(): void {
     const s = this.established();
     const store = this.o.port.store();
-    if (this.replication !== 'Established' || !store) {
+    if (this.replication !== 'Established' || !store || !this.o.port.bitmapFor(this.nodeId)) {
       throw new MirrorError('ERR_ROLE', `${this.o.port.resource}: verify needs an established connection without a resync (now ${this.replication})`);
     }
     this.setReplication('VerifyS');
-    s.verify = new VerifySource(store, this.agreedSizeBytes, this.o.port.bitmapFor(this.nodeId), this.o.net.verifyAlg, { send: (p) => this.send(s, p) },
+    s.verify = new VerifySource(store, this.agreedSizeBytes, this.o.port.bitmapFor(this.nodeId)!, this.o.net.verifyAlg, { send: (p) => this.send(s, p) },
       (progress: VerifyProgress) => {
         if (s.closed) return;
         this.lastVerify = { ...progress };
@@ -850,7 +974,7 @@ export class Peer {
   private async stopReplicatingTo(s: Session, reason: string): Promise<void> {
     s.replicating = false;
     const lost = s.tl.takeLost();
-    if (this.o.port.store()) for (const r of lost.ranges) this.o.port.bitmapFor(this.nodeId).setRange(r.offset, r.length);
+    for (const r of lost.ranges) this.o.port.bitmapFor(this.nodeId)?.setRange(r.offset, r.length);
     for (const waiters of s.barrierWaiters.values()) for (const w of waiters) w('lost');
     s.barrierWaiters.clear();
     this.log.info({ reason }, 'replication to the peer stopped');
@@ -910,6 +1034,39 @@ export class Peer {
     await this.renegotiate('disk attached');
   }
 
+  /** The peer has no disk by configuration: it votes, never takes data. */
+  get peerIsWitness(): boolean {
+    return this.o.peer.disk === null;
+  }
+
+  /**
+   * Ask the peer to agree to a cluster-wide change (two-phase commit, first
+   * phase). Null when the session ended or the peer did not answer in time:
+   * the caller treats that as "not agreed".
+   */
+  twopcPrepare(txId: number, change: TwopcChange, timeoutMs: number): Promise<TwopcAnswer | null> {
+    const s = this.session;
+    if (!s || s.closed) return Promise.resolve(null);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        s.twopcWaiters.delete(txId);
+        resolve(null);
+      }, timeoutMs);
+      timer.unref();
+      s.twopcWaiters.set(txId, (a) => {
+        clearTimeout(timer);
+        resolve(a);
+      });
+      this.send(s, { kind: 'twopc-prepare', txId, change, initiatorNodeId: this.o.self.nodeId });
+    });
+  }
+
+  /** Second phase: the change happens (commit) or not (abort). */
+  twopcFinish(txId: number, commit: boolean): void {
+    const s = this.session;
+    if (s && !s.closed) this.send(s, { kind: commit ? 'twopc-commit' : 'twopc-abort', txId });
+  }
+
   /** Tell the peer our role/disk changed (it shows them in its status). */
   announceState(): void {
     const s = this.session;
@@ -927,12 +1084,14 @@ export class Peer {
       replication: this.replication,
       role: this.peerRole,
       peerDisk: this.peerDisk,
-      outOfSyncBytes: this.o.port.store() ? this.o.port.bitmapFor(this.nodeId).bytesOutOfSync() : 0,
+      outOfSyncBytes: this.o.port.bitmapFor(this.nodeId)?.bytesOutOfSync() ?? 0,
       resync,
       verify,
       lastDecision: this.lastDecision,
       lastError: this.lastError,
       splitBrain: this.splitBrain,
+      leftGracefully: this.leftGracefully,
+      diskless: this.peerIsWitness,
       bytesSent: this.bytesSentTotal + (s ? s.data.bytesSent + s.meta.bytesSent : 0),
       bytesReceived: this.bytesReceivedTotal + (s ? s.data.bytesReceived + s.meta.bytesReceived : 0),
     };

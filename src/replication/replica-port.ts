@@ -20,16 +20,24 @@ export interface ReplicaPort {
   disk(): WireDiskState;
   /** This node's side of the sync decision, as seen by `peerNodeId`. */
   syncSide(peerNodeId: number): SyncSide;
-  /** The bitmap of blocks `peerNodeId` may lack (persisted in its slot). */
-  bitmapFor(peerNodeId: number): Bitmap;
+  /**
+   * The bitmap of blocks `peerNodeId` may lack (persisted in its slot); null
+   * while this node has no disk, or for a peer without one (a witness).
+   */
+  bitmapFor(peerNodeId: number): Bitmap | null;
   /** Application writes hold their range here; a SyncSource's reads too. */
   readonly writeLock: RangeLock;
   /** Replicated writes and resync data land through this lock, in arrival order. */
   readonly applyLock: RangeLock;
   /** Hold new application writes (and wait for those in flight); returns the resume function. */
   freezeWrites(): Promise<() => void>;
-  /** A resync with the peer starts: persist what must survive a crash (a target is Inconsistent). */
-  syncStarting(peerNodeId: number, role: SyncRole): Promise<void>;
+  /**
+   * A resync with the peer starts: persist what must survive a crash (a
+   * target is Inconsistent). A full-sync target also takes the source's
+   * generation now (`sourceCurrent`), so an interrupted full sync resumes
+   * from the bitmaps at the next connect instead of starting over.
+   */
+  syncStarting(peerNodeId: number, role: SyncRole, full: boolean, sourceCurrent: bigint): Promise<void>;
   /** The resync ended with every block copied; `sourceCurrent` is the source's current UUID. */
   syncFinished(peerNodeId: number, role: SyncRole, sourceCurrent: bigint): Promise<void>;
   /** The session with the peer ended; its unconfirmed writes are already marked. */

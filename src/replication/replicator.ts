@@ -37,7 +37,8 @@ export interface ReplicatorOptions {
   /** The local disk; null while this node is diskless (writes go to peers only). */
   store: () => BlockStore | null;
   peers: () => readonly Peer[];
-  bitmapFor: (peerNodeId: number) => Bitmap;
+  /** Null for a peer without a bitmap here (a witness, or while this node is diskless). */
+  bitmapFor: (peerNodeId: number) => Bitmap | null;
   writeLock: RangeLock;
   /** Flushes the local store (coalesced by the caller). */
   flushLocal: () => Promise<void>;
@@ -171,7 +172,7 @@ export class Replicator {
     for (const peer of this.o.peers()) {
       const p = peer.replicate(w);
       if (p === null) {
-        if (haveBitmaps) this.o.bitmapFor(peer.nodeId).setRange(w.offset, w.length);
+        if (haveBitmaps) this.o.bitmapFor(peer.nodeId)?.setRange(w.offset, w.length);
         this.counters.degradedWrites++;
       } else {
         waits.push(p);

@@ -24,6 +24,17 @@ import { RateController, type RateSettings } from './rate-controller.js';
 
 export const DEFAULT_RESYNC_REQUEST_BYTES = 1024 * 1024;
 export const DEFAULT_RESYNC_IN_FLIGHT_BYTES = 32 * 1024 * 1024;
+/**
+ * Requests in flight at most, whatever their size. Scattered blocks make
+ * many small requests, and each holds an entry in both nodes' range locks
+ * (whose acquire scans the entries): a few hundred keep the pipeline full
+ * without thousands of entries.
+ */
+export const DEFAULT_RESYNC_IN_FLIGHT_REQUESTS = 256;
+/** Source reads at least this long use pooled buffers (no fresh allocation per request). */
+const POOLED_READ_BYTES = 64 * 1024;
+/** Pooled read buffers kept per size: the target never has more bytes than this in flight. */
+const POOL_KEEP_BYTES = DEFAULT_RESYNC_IN_FLIGHT_BYTES + 2 * DEFAULT_RESYNC_REQUEST_BYTES;
 /** How often the rate limiter refills. */
 export const RATE_TICK_MS = 50;
 
@@ -50,6 +61,7 @@ export interface ResyncTargetOptions {
   limitBytes?: number;
   requestBytes?: number;
   maxInFlightBytes?: number;
+  maxInFlightRequests?: number;
 }
 
 export interface ResyncTargetHooks {
@@ -78,6 +90,7 @@ export class ResyncTarget {
   readonly progress: ResyncProgress;
   private readonly requestBytes: number;
   private readonly maxInFlightBytes: number;
+  private readonly maxInFlightRequests: number;
   private readonly controller: RateController;
 
   constructor(
@@ -91,6 +104,7 @@ export class ResyncTarget {
   ) {
     this.requestBytes = opts.requestBytes ?? DEFAULT_RESYNC_REQUEST_BYTES;
     this.maxInFlightBytes = opts.maxInFlightBytes ?? DEFAULT_RESYNC_IN_FLIGHT_BYTES;
+    this.maxInFlightRequests = opts.maxInFlightRequests ?? DEFAULT_RESYNC_IN_FLIGHT_REQUESTS;
     this.controller = new RateController(opts.rate);
     this.tokens = this.burst();
     this.progress = { totalBytes: bitmap.bytesOutOfSync(), doneBytes: 0, startedAtMs: Date.now(), paused: false };
@@ -134,11 +148,14 @@ export class ResyncTarget {
     switch (p.kind) {
       case 'rs-data-reply': {
         const req = this.outstanding.get(p.id);
-        if (!req || req.offset !== p.offset || req.length !== p.payload.length) {
+        const parts = p.parts ?? [p.payload];
+        let length = 0;
+        for (const b of parts) length += b.length;
+        if (!req || req.offset !== p.offset || req.length !== length) {
           this.hooks.failed(`unexpected RS_DATA_REPLY id ${p.id} at ${p.offset}`);
           return true;
         }
-        void this.applyReply(p.id, req, p.payload);
+        void this.applyReply(p.id, req, parts);
         return true;
       }
       case 'rs-is-in-sync': {
@@ -176,11 +193,13 @@ export class ResyncTarget {
     if (!this.stopped) this.io.send({ kind: 'csum-rs-request', id, offset, length, digest: d });
   }
 
-  private async applyReply(id: number, req: Outstanding, payload: Buffer): Promise<void> {
+  private async applyReply(id: number, req: Outstanding, parts: readonly Buffer[]): Promise<void> {
     const release = await this.lock.acquire(req.offset, req.length);
     try {
       if (this.stopped) return;
-      await this.store.write(req.offset, payload);
+      if (parts.length === 1) await this.store.write(req.offset, parts[0]!);
+      else if (this.store.writev) await this.store.writev(req.offset, parts);
+      else await this.store.write(req.offset, Buffer.concat(parts, req.length));
     } catch (e) {
       this.hooks.failed(`writing resync data at ${req.offset} failed: ${(e as Error).message}`);
       return;
@@ -202,15 +221,17 @@ export class ResyncTarget {
 
   private pump(): void {
     if (this.stopped || this.finished || this.progress.paused) return;
-    while (this.inFlightBytes < this.maxInFlightBytes && this.tokens > 0) {
-      const run = this.bitmap.nextSetRun(this.cursor);
-      if (run === null) break;
-      const maxBlocks = Math.max(1, Math.floor(this.requestBytes / BITMAP_BLOCK_BYTES));
-      const blocks = Math.min(run.count, maxBlocks);
-      const offset = run.block * BITMAP_BLOCK_BYTES;
+    const maxBlocks = Math.max(1, Math.floor(this.requestBytes / BITMAP_BLOCK_BYTES));
+    while (this.inFlightBytes < this.maxInFlightBytes && this.outstanding.size < this.maxInFlightRequests && this.tokens > 0) {
+      const first = this.cursor < this.bitmap.blocks ? this.bitmap.nextSet(this.cursor) : -1;
+      if (first < 0) break;
+      // The run's end is searched no further than one request: a full sync
+      // is one run of the whole disk.
+      const blocks = this.bitmap.nextClear(first, Math.min(this.bitmap.blocks, first + maxBlocks)) - first;
+      const offset = first * BITMAP_BLOCK_BYTES;
       const limit = Math.min(this.store.size, this.opts.limitBytes ?? this.store.size);
       const length = Math.min(blocks * BITMAP_BLOCK_BYTES, limit - offset);
-      this.cursor = run.block + blocks;
+      this.cursor = first + blocks;
       if (length <= 0) {
         // Marks beyond the agreed size (the peer's disk is smaller): nothing to copy there.
         this.bitmap.clearRange(offset, this.bitmap.dataSizeBytes - offset);
@@ -223,7 +244,7 @@ export class ResyncTarget {
       if (this.opts.csumsAlg) void this.requestByDigest(id, offset, length, this.opts.csumsAlg);
       else this.io.send({ kind: 'rs-data-request', id, offset, length });
     }
-    if (this.outstanding.size === 0 && this.bitmap.nextSetRun(this.cursor) === null) {
+    if (this.outstanding.size === 0 && (this.cursor >= this.bitmap.blocks || this.bitmap.nextSet(this.cursor) < 0)) {
       // Bits set behind the cursor since (a failed write): go round again.
       if (this.bitmap.countSet() > 0) {
         this.cursor = 0;
@@ -252,6 +273,8 @@ export interface ResyncSourceHooks {
 
 export class ResyncSource {
   private readonly requested = new Map<number, Outstanding>();
+  /** Read buffers the link has finished sending, by length, for the next requests. */
+  private readonly pool = new Map<number, Buffer[]>();
   /** csums-alg: bytes found equal and not sent. */
   sameBytes = 0;
   readonly progress: ResyncProgress;
@@ -273,6 +296,7 @@ export class ResyncSource {
   stop(): void {
     this.stopped = true;
     this.requested.clear();
+    this.pool.clear();
   }
 
   /**
@@ -324,9 +348,10 @@ export class ResyncSource {
       return;
     }
     const release = await this.writeLock.acquire(offset, length);
+    let buf = this.takeBuffer(length);
     try {
       if (this.stopped) return;
-      const data = await this.store.read(offset, length);
+      const data = await this.store.read(offset, length, buf ?? undefined);
       if (theirDigest !== null && this.csumsAlg !== null && theirDigest.length > 0 && digest(this.csumsAlg, data).equals(theirDigest)) {
         this.bitmap.clearRange(offset, length);
         this.progress.doneBytes += length;
@@ -335,13 +360,43 @@ export class ResyncSource {
         return;
       }
       this.requested.set(id, { offset, length });
-      // Queued before the lock goes: no newer write can overtake it.
-      this.io.send({ kind: 'rs-data-reply', id, offset, payload: data });
+      // Queued before the lock goes: no newer write can overtake it. The
+      // buffer belongs to the link until it says it wrote it.
+      const pooled = buf;
+      buf = null;
+      this.io.send({
+        kind: 'rs-data-reply',
+        id,
+        offset,
+        payload: data,
+        whenWritten: pooled === null ? undefined : () => this.giveBack(pooled),
+      });
     } catch (e) {
       this.log.warn({ offset, length, err: (e as Error).message }, 'resync read failed');
       this.io.send({ kind: 'neg-rs-reply', id, errno: 5 });
     } finally {
       release();
+      if (buf !== null) this.giveBack(buf);
     }
+  }
+
+  /**
+   * A pooled buffer for a read of `length` bytes (null: small reads take a
+   * fresh one from Node's slab). Reusing them spares a resync of a whole
+   * disk a fresh MiB per request: its page faults and the collector's work.
+   */
+  private takeBuffer(length: number): Buffer | null {
+    if (length < POOLED_READ_BYTES) return null;
+    return this.pool.get(length)?.pop() ?? Buffer.allocUnsafeSlow(length);
+  }
+
+  private giveBack(buf: Buffer): void {
+    if (this.stopped) return;
+    let free = this.pool.get(buf.length);
+    if (free === undefined) {
+      free = [];
+      this.pool.set(buf.length, free);
+    }
+    if ((free.length + 1) * buf.length <= POOL_KEEP_BYTES) free.push(buf);
   }
 }

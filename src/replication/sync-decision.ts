@@ -73,8 +73,16 @@ export const SYNC_RULES = [
   'inconsistent-both',
   'dirty-self',
   'dirty-peer',
+  // not UUID rules: a side without a disk has nothing to sync; a split
+  // brain settled by an after-sb policy or by `connect --discard-my-data`
+  'diskless',
+  'after-sb-policy',
+  'discard-my-data',
 ] as const;
 export type SyncRule = (typeof SYNC_RULES)[number];
+
+/** Rules the handshake applies around decideSync (it never returns them itself). */
+export const NON_UUID_RULES: ReadonlySet<SyncRule> = new Set(['diskless', 'after-sb-policy', 'discard-my-data']);
 
 export interface SyncSide {
   current: bigint;
@@ -90,6 +98,8 @@ export interface SyncSide {
   };
   /** Bits set in this side's bitmap for the other side. */
   dirtyBlocks: number;
+  /** This side's bitmap UUID for the other was set while it was Primary (after-sb policies only). */
+  primaryAtSplit?: boolean;
 }
 
 export interface SyncDecisionInput {

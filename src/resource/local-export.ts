@@ -22,9 +22,17 @@ export interface IoCounters {
   errors: number;
 }
 
+/** Why I/O is refused now, and the errno a client gets for it. */
+export interface GateRefusal {
+  errno: 'ESHUTDOWN' | 'EIO';
+  message: string;
+}
+
 export interface ExportGate {
   /** Null while I/O is allowed (Primary with a usable disk); else why not. */
-  refusal(): string | null;
+  refusal(): GateRefusal | null;
+  /** Null while I/O may go on; else it waits for this (I/O suspended, e.g. no quorum). */
+  suspended(): Promise<void> | null;
   /** Called on a failed store operation, for status and the io-error policy. */
   ioFailed(op: string, error: unknown): void;
 }
@@ -78,7 +86,7 @@ export class LocalExport implements NbdExport {
   }
 
   openRefusal(): string | null {
-    return this.gate.refusal();
+    return this.gate.refusal()?.message ?? null;
   }
 
   clients(): NbdClientInfo[] {
@@ -100,22 +108,28 @@ export class LocalExport implements NbdExport {
    */
 
   read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    const held = this.gate.suspended();
+    if (held !== null) return held.then(() => this.read(offset, length, into));
     const refusal = this.gate.refusal();
-    if (refusal !== null) return Promise.reject(errnoError('ESHUTDOWN', refusal));
+    if (refusal !== null) return Promise.reject(errnoError(refusal.errno, refusal.message));
     return this.store.read(offset, length, into).then(this.readDone, this.readFailed);
   }
 
   write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    const held = this.gate.suspended();
+    if (held !== null) return held.then(() => this.write(offset, data, fua));
     const refusal = this.gate.refusal();
-    if (refusal !== null) return Promise.reject(errnoError('ESHUTDOWN', refusal));
+    if (refusal !== null) return Promise.reject(errnoError(refusal.errno, refusal.message));
     const length = data.length;
     return this.store.write(offset, data).then(() => this.written(length, fua), this.writeFailed);
   }
 
   /** The payload in parts as received: one positional writev where the store has it. */
   writev(offset: number, parts: readonly Buffer[], fua: boolean): Promise<void> {
+    const held = this.gate.suspended();
+    if (held !== null) return held.then(() => this.writev(offset, parts, fua));
     const refusal = this.gate.refusal();
-    if (refusal !== null) return Promise.reject(errnoError('ESHUTDOWN', refusal));
+    if (refusal !== null) return Promise.reject(errnoError(refusal.errno, refusal.message));
     let length = 0;
     for (const p of parts) length += p.length;
     const store = this.store;
@@ -145,7 +159,7 @@ export class LocalExport implements NbdExport {
   }
 
   async writeZeroes(offset: number, length: number, opts: { noHole: boolean; fua: boolean; fastZero: boolean }): Promise<void> {
-    this.checkGate();
+    await this.checkGate();
     if (opts.fastZero && !this.store.capabilities.canFastZero) {
       throw errnoError('ENOTSUP', 'zeroing is not faster than writing on this store');
     }
@@ -155,14 +169,14 @@ export class LocalExport implements NbdExport {
   }
 
   async trim(offset: number, length: number, fua: boolean): Promise<void> {
-    this.checkGate();
+    await this.checkGate();
     await this.guard('trim', this.store.trim(offset, length));
     this.counters.trims++;
     if (fua) await this.flush();
   }
 
   async flush(): Promise<void> {
-    this.checkGate();
+    await this.checkGate();
     await this.guard('flush', this.flusher.flush());
     this.counters.flushes++;
   }
@@ -170,17 +184,18 @@ export class LocalExport implements NbdExport {
   async cache(_offset: number, _length: number): Promise<void> {
     // A prefetch hint: the page cache does its own read-ahead, and a hint
     // must never change what a later read returns, so accepting it is enough.
-    this.checkGate();
+    await this.checkGate();
   }
 
   async extents(offset: number, length: number): Promise<Extent[]> {
-    this.checkGate();
+    await this.checkGate();
     return this.guard('block-status', this.store.extents(offset, length));
   }
 
-  private checkGate(): void {
+  private async checkGate(): Promise<void> {
+    for (let held = this.gate.suspended(); held !== null; held = this.gate.suspended()) await held;
     const refusal = this.gate.refusal();
-    if (refusal !== null) throw errnoError('ESHUTDOWN', refusal);
+    if (refusal !== null) throw errnoError(refusal.errno, refusal.message);
   }
 
   private async guard<T>(op: string, p: Promise<T>): Promise<T> {

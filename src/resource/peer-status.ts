@@ -21,6 +21,8 @@ export function peerStatus(node: NodeConfig, facts: PeerStatusFacts | null, nowM
       lastDecision: null,
       lastError: null,
       splitBrain: false,
+      leftGracefully: false,
+      diskless: node.disk === null,
       bytesSent: 0,
       bytesReceived: 0,
     };
@@ -62,6 +64,8 @@ export function peerStatus(node: NodeConfig, facts: PeerStatusFacts | null, nowM
     lastDecision: facts.lastDecision,
     lastError: facts.lastError,
     splitBrain: facts.splitBrain,
+    leftGracefully: facts.leftGracefully,
+    diskless: facts.diskless,
     bytesSent: facts.bytesSent,
     bytesReceived: facts.bytesReceived,
   };

@@ -20,6 +20,7 @@ import { MirrorError } from '../errors.js';
 import {
   AL_EXTENT_BYTES,
   MD_FLAGS,
+  PEER_FLAGS,
   clearBitmapUuid,
   newGeneration,
   newUuid,
@@ -157,11 +158,54 @@ export class Replica {
    * the writes that follow (DRBD: a Primary that loses a peer, or is
    * promoted without one).
    */
-  async newGenerationFor(awayNodeIds: number[]): Promise<void> {
+  async newGenerationFor(awayNodeIds: number[], whilePrimary = false): Promise<void> {
     const away = awayNodeIds.map((id) => this.slots.get(id)).filter((s): s is number => s !== undefined);
-    const set = newGeneration(this.uuidSet(), away, newUuid());
+    const before = this.uuidSet();
+    const set = newGeneration(before, away, newUuid());
     await this.saveUuids(set);
+    // Where a bitmap generation starts now, remember whether this node was
+    // Primary at the split (after-sb discard-younger/older-primary).
+    const started = away.filter((slot) => before.bitmap[slot] === 0n && set.bitmap[slot] !== 0n);
+    if (started.length > 0) await this.setSlotFlag(started, PEER_FLAGS.BITMAP_WHILE_PRIMARY, whilePrimary);
     this.log.info({ current: set.current.toString(16), away: awayNodeIds }, 'new data generation');
+  }
+
+  private async setSlotFlag(slots: number[], bit: number, on: boolean): Promise<void> {
+    const sb = this.meta.superblock;
+    await this.meta.save({
+      ...sb,
+      peers: sb.peers.map((p, i) => (slots.includes(i) ? { ...p, flags: on ? p.flags | bit : p.flags & ~bit } : p)),
+    });
+  }
+
+  /** The data size last agreed with each peer (absent: never agreed). */
+  agreedSizes(): Map<number, number> {
+    const out = new Map<number, number>();
+    for (const p of this.meta.superblock.peers) if (p.agreedSizeBytes) out.set(p.nodeId, p.agreedSizeBytes);
+    return out;
+  }
+
+  /** Persist the size a handshake agreed with this peer (only when it changed). */
+  async saveAgreedSize(peerNodeId: number, bytes: number): Promise<void> {
+    const sb = this.meta.superblock;
+    const slot = this.slots.get(peerNodeId);
+    if (slot === undefined || sb.peers[slot]?.agreedSizeBytes === bytes) return;
+    await this.meta.save({ ...sb, peers: sb.peers.map((p, i) => (i === slot ? { ...p, agreedSizeBytes: bytes } : p)) });
+  }
+
+  /**
+   * A full sync as target begins: the data is Inconsistent and takes the
+   * source's generation now. Every bitmap marks every block first (what
+   * this disk holds is unknown to every peer until a block arrives), so a
+   * sync that is cut off resumes from the bitmaps — with this source or any
+   * other of the same generation — and never trusts a block not yet copied.
+   */
+  async beginFullSyncTarget(sourceCurrent: bigint): Promise<void> {
+    for (const bm of this.bitmaps.values()) bm.setAll();
+    await this.saveAllBitmaps();
+    const set = this.uuidSet();
+    const history = set.current === sourceCurrent || set.current === 0n ? set.history : rotateHistory(set.history, set.current);
+    await this.saveUuids({ current: sourceCurrent, bitmap: set.bitmap.map(() => 0n), history }, { consistent: false });
   }
 
   /** A SyncTarget finished: adopt the source's generation; the data is good again. */
@@ -181,6 +225,7 @@ export class Replica {
     const slot = this.slots.get(peerNodeId);
     if (slot === undefined) return;
     await this.saveUuids(clearBitmapUuid(this.uuidSet(), slot));
+    await this.setSlotFlag([slot], PEER_FLAGS.BITMAP_WHILE_PRIMARY, false);
   }
 
   syncSide(peerNodeId: number, primaryNow: boolean): SyncSide {
@@ -193,6 +238,7 @@ export class Replica {
       history: sb.historyUuids,
       flags: { consistent: f.consistent, wasUpToDate: f.wasUpToDate, crashedPrimary: f.crashedPrimary, primary: primaryNow },
       dirtyBlocks: this.bitmaps.get(peerNodeId)?.countSet() ?? 0,
+      primaryAtSplit: slot !== undefined && ((sb.peers[slot]?.flags ?? 0) & PEER_FLAGS.BITMAP_WHILE_PRIMARY) !== 0,
     };
   }
 

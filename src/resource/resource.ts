@@ -4,6 +4,7 @@
  * through the transition functions of states.ts and is persisted in the
  * metadata before it takes effect where a crash could otherwise lose it.
  */
+import { randomInt } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import type { Logger } from 'pino';
 import type { NbdAddress, NodeConfig, ResourceConfig } from '../config/model.js';
@@ -11,13 +12,20 @@ import { MirrorError } from '../errors.js';
 import { formatUuid, newUuid } from '../meta/index.js';
 import type { ListenerPolicy } from '../nbd/export.js';
 import type { NbdListener, NbdServer } from '../nbd/server.js';
-import { Peer } from '../replication/peer.js';
+import { LEAVING_PREFIX, Peer, type TwopcAnswer } from '../replication/peer.js';
+import { NO_NODE, type TwopcChange } from '../replication/wire/index.js';
+import { chooseCandidate, type CandidateChoice, type NodeView } from '../roles/candidates.js';
+import type { HandlerName } from '../config/schema.js';
+import { HandlerRunner, fencePeerOutcome, type HandlerResult } from '../roles/handlers.js';
+import { calcQuorum, type QuorumResult } from '../roles/quorum.js';
+import { IoSuspension } from './io-suspension.js';
+import { TwopcLock } from './twopc-lock.js';
 import { PeerListener } from '../replication/peer-listener.js';
 import { RangeLock } from '../replication/range-lock.js';
 import type { ReplicaPort } from '../replication/replica-port.js';
 import { ReplicatedStore } from '../replication/replicated-store.js';
 import { Replicator } from '../replication/replicator.js';
-import { LocalExport } from './local-export.js';
+import { LocalExport, type GateRefusal } from './local-export.js';
 import { mdFlagNames, readMdFlags } from './md-flags.js';
 import { Replica } from './replica.js';
 import {
@@ -26,6 +34,7 @@ import {
   promotionRefusal,
   transitionDisk,
   transitionRole,
+  visibleRole,
   type DiskState,
   type Role,
 } from './states.js';
@@ -36,6 +45,9 @@ export function formatNbdAddress(a: NbdAddress): string {
   if (a.kind === 'unix') return `unix:${a.path}`;
   return a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
 }
+
+/** How often a survivor re-checks whether it should take over from a lost Primary. */
+const FAILOVER_RETRY_MS = 100;
 
 const EMPTY_IO = { reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, flushes: 0, trims: 0, zeroes: 0, errors: 0 };
 
@@ -59,6 +71,18 @@ export class Resource {
   private localSizeBytes = 0;
   /** Data sizes agreed with peers (the smaller disk): the export never offers more. */
   private readonly agreedSizes = new Map<number, number>();
+  /** Why the role last changed (status, events). */
+  private roleReason = 'up';
+  /** A peer's promotion this node said yes to (two-phase commit). */
+  private readonly twopc: TwopcLock;
+  private quorum: QuorumResult = { have: true, votes: 1, needed: 0, voters: 1, reason: 'quorum off' };
+  private readonly suspension = new IoSuspension();
+  /** The Primary was lost without saying goodbye: the survivors may fail over. */
+  private failoverWanted = false;
+  private failoverTimer: NodeJS.Timeout | null = null;
+  private failoverDeadlineMs = 0;
+  private lastChoice: CandidateChoice | null = null;
+  private readonly handlers: HandlerRunner;
 
   constructor(
     readonly config: ResourceConfig,
@@ -66,7 +90,39 @@ export class Resource {
     private readonly nbd: NbdServer,
     private readonly log: Logger,
     private readonly emit: EmitEvent = () => undefined,
-  ) {}
+  ) {
+    this.twopc = new TwopcLock(config.options.twopcTimeoutMs, (h) => this.log.warn(h, 'a prepared promotion of a peer timed out; released'));
+    this.handlers = new HandlerRunner({
+      resource: config.name,
+      node: local.name,
+      nodeId: local.nodeId,
+      handlers: config.handlers,
+      timeoutMs: config.options.handlerTimeoutMs,
+      onEvent: (e) => this.emit({ ...e }),
+    });
+  }
+
+  /** Run a configured handler (serialized per resource); logs how it went. */
+  private async runHandler(handler: HandlerName, peerNodeId?: number): Promise<HandlerResult> {
+    const peerNode = peerNodeId === undefined ? undefined : this.config.nodes.find((n) => n.nodeId === peerNodeId);
+    const r = await this.handlers.run(handler, {
+      role: visibleRole(this.role),
+      disk: this.disk,
+      ...(peerNode ? { peer: { name: peerNode.name, nodeId: peerNode.nodeId } } : {}),
+    });
+    if (r.ran) {
+      const ok = r.exitCode === 0 && !r.timedOut;
+      this.log[ok ? 'info' : 'warn']({ handler, peer: r.peer, exitCode: r.exitCode, timedOut: r.timedOut, ms: r.ms, output: r.output.slice(-512) }, `handler ${handler} ran`);
+    }
+    return r;
+  }
+
+  /** Events from the peers, and the handlers some of them call. */
+  private peerEvent(peerNodeId: number, peer: string, e: ResourceEvent): void {
+    this.emit({ ...e, peer });
+    if (e.type === 'verify-done' && typeof e.outOfSyncBlocks === 'number' && e.outOfSyncBlocks > 0) void this.runHandler('out-of-sync', peerNodeId);
+    if (e.type === 'resync-done' && e.role === 'target') void this.runHandler('after-resync-target', peerNodeId);
+  }
 
   private setDisk(to: DiskState, reason: string): void {
     const from = this.disk;
@@ -77,7 +133,10 @@ export class Resource {
   private setRole(to: Role, reason: string): void {
     const from = this.role;
     this.role = transitionRole(from, to);
-    if (from !== to) this.emit({ type: 'role', from, to, reason });
+    if (from !== to) {
+      this.roleReason = reason;
+      this.emit({ type: 'role', from, to, reason });
+    }
   }
 
   get name(): string {
@@ -87,7 +146,8 @@ export class Resource {
   /** Attach the disk, start replication, open the NBD listener. On failure nothing stays open. */
   async up(): Promise<void> {
     try {
-      await this.attach();
+      // A witness (`disk none`) has nothing to attach: it connects and votes.
+      if (this.local.disk !== null) await this.attach();
       await this.startReplication();
       await this.openListener();
     } catch (e) {
@@ -98,7 +158,7 @@ export class Resource {
 
   private async attach(): Promise<void> {
     if (this.local.disk === null) {
-      throw new MirrorError('ERR_BAD_CONFIG', `${this.name}: node ${this.local.name} is diskless (disk none); diskless nodes are not supported yet`);
+      throw new MirrorError('ERR_BAD_CONFIG', `${this.name}: node ${this.local.name} is diskless (disk none): a witness has no disk to attach`);
     }
     this.setDisk('Attaching', 'attach');
     let replica: Replica;
@@ -110,12 +170,14 @@ export class Resource {
     }
     this.replica = replica;
     if (this.localSizeBytes === 0) this.localSizeBytes = replica.store.size;
+    // Never offer more than a peer could hold, even before it is back.
+    for (const [id, bytes] of replica.agreedSizes()) if (!this.agreedSizes.has(id)) this.agreedSizes.set(id, bytes);
     if (replica.crashedPrimary) this.log.warn('metadata says the last Primary run did not end cleanly: crashed primary');
     if (this.replicator === null) {
       this.replicator = new Replicator({
         store: () => this.replica?.store ?? null,
         peers: () => [...this.peers.values()],
-        bitmapFor: (id) => this.requireReplica().bitmapFor(id),
+        bitmapFor: (id) => this.bitmapOf(id),
         writeLock: this.writeLock,
         flushLocal: () => this.replica?.store.flush() ?? Promise.resolve(),
         intent: {
@@ -137,12 +199,18 @@ export class Resource {
         this.config.nbd.maxPayloadBytes,
         {
           refusal: () => this.ioRefusal(),
+          suspended: () => this.suspension.wait(),
           ioFailed: (op, e) => this.ioFailed(op, e),
         },
       );
     }
     this.setDisk(diskStateFromFlags(readMdFlags(replica.superblock)), 'metadata flags at attach');
     this.log.info({ disk: this.disk, sizeBytes: replica.store.size }, 'disk attached');
+  }
+
+  private bitmapOf(peerNodeId: number) {
+    const r = this.replica;
+    return r && r.hasBitmapFor(peerNodeId) ? r.bitmapFor(peerNodeId) : null;
   }
 
   private exportSize(): number {
@@ -211,17 +279,27 @@ export class Resource {
       resource: this.name,
       ownNodeId: this.local.nodeId,
       store: () => this.replica?.store ?? null,
-      role: () => this.role,
+      role: () => visibleRole(this.role),
       disk: () => this.disk,
-      syncSide: (id) => replica().syncSide(id, this.role === 'Primary'),
-      bitmapFor: (id) => replica().bitmapFor(id),
+      syncSide: (id) =>
+        this.replica?.syncSide(id, visibleRole(this.role) === 'Primary') ?? {
+          current: 0n,
+          bitmap: 0n,
+          history: [0n, 0n],
+          flags: { consistent: false, wasUpToDate: false, crashedPrimary: false, primary: false },
+          dirtyBlocks: 0,
+        },
+      bitmapFor: (id) => this.bitmapOf(id),
       writeLock: this.writeLock,
       applyLock: this.applyLock,
       freezeWrites: () => this.replicator!.freeze(),
-      syncStarting: async (_id, role) => {
+      syncStarting: async (id, role, full, sourceCurrent) => {
         if (role === 'target') {
+          // e.g. snapshot the disk, so a copy that is consistent survives the resync
+          await this.runHandler('before-resync-target', id);
           // G6: a SyncTarget is Inconsistent until the end, on disk too.
-          await replica().change({ consistent: false });
+          if (full && sourceCurrent !== 0n) await replica().beginFullSyncTarget(sourceCurrent);
+          else await replica().change({ consistent: false });
           this.setDisk('Inconsistent', 'resync target');
         }
       },
@@ -238,7 +316,7 @@ export class Resource {
         if (!this.replica) return;
         // The peer misses every write from now on: a new generation makes
         // the next handshake see that (DESIGN, the write path, step 6).
-        if (this.role === 'Primary' && wasReplicating) await this.replica.newGenerationFor([id]);
+        if (visibleRole(this.role) === 'Primary' && wasReplicating) await this.replica.newGenerationFor([id], true);
         await this.replica.saveBitmap(id);
       },
       diskFailed: (op, e) => this.ioFailed(`replicated ${op}`, e),
@@ -246,6 +324,7 @@ export class Resource {
       exportSize: () => this.exportSize(),
       sizeAgreed: (id, bytes) => {
         this.agreedSizes.set(id, bytes);
+        void this.replica?.saveAgreedSize(id, bytes).catch((e: unknown) => this.log.warn({ err: (e as Error).message }, 'could not save the agreed size'));
       },
       adoptCurrent: async (id, current) => {
         const r = replica();
@@ -258,7 +337,8 @@ export class Resource {
   }
 
   private async startReplication(): Promise<void> {
-    const others = this.config.nodes.filter((n) => n.name !== this.local.name && n.disk !== null && n.address !== null);
+    // Every other node, witnesses included: a full mesh.
+    const others = this.config.nodes.filter((n) => n.name !== this.local.name && n.address !== null);
     if (others.length === 0) return;
     if (this.local.address === null) {
       throw new MirrorError('ERR_BAD_CONFIG', `${this.name}: node ${this.local.name} needs an address to replicate with ${others.map((n) => n.name).join(', ')}`);
@@ -289,8 +369,18 @@ export class Resource {
               : { kind: 'fixed', bytesPerSec: this.config.disk.resyncRateBytesPerSec },
           maxPayloadBytes: this.config.nbd.maxPayloadBytes,
           log: this.log,
-          onEvent: (e) => this.emit({ ...e, peer: n.name }),
+          onEvent: (e) => this.peerEvent(n.nodeId, n.name, e),
           tls,
+          hooks: {
+            changed: () => this.clusterChanged(),
+            lost: (info) => this.peerGone(n.nodeId, n.name, info),
+            splitBrain: () => void this.runHandler('split-brain', n.nodeId),
+            twopc: {
+              prepare: (from, txId, change) => this.twopcPrepare(from, txId, change),
+              commit: (from, txId) => this.twopcDone(from, txId, true),
+              abort: (from, txId) => this.twopcDone(from, txId, false),
+            },
+          },
         }),
       );
     }
@@ -308,6 +398,7 @@ export class Resource {
     });
     await this.peerListener.listen();
     for (const p of this.peers.values()) p.connect();
+    this.clusterChanged();
   }
 
   private async openListener(): Promise<void> {
@@ -325,16 +416,153 @@ export class Resource {
   }
 
   /** Why a client may not use the export now; null for a Primary with a usable disk. */
-  private ioRefusal(): string | null {
+  private ioRefusal(): GateRefusal | null {
     if (this.role !== 'Primary') {
       const primary = [...this.peers.values()].find((p) => p.status().role === 'Primary');
-      return `${this.name} is Secondary on ${this.local.name}; ${primary ? `the Primary is ${primary.name}` : 'no Primary is known'}`;
+      return {
+        errno: 'ESHUTDOWN',
+        message: `${this.name} is ${this.role} on ${this.local.name}; ${primary ? `the Primary is ${primary.name}` : 'no Primary is known'}`,
+      };
+    }
+    if (!this.quorum.have && this.config.options.onNoQuorum === 'io-error') {
+      return { errno: 'EIO', message: `${this.name} on ${this.local.name} has no quorum (${this.quorum.reason}); on-no-quorum io-error` };
     }
     if (this.disk === 'UpToDate') return null;
     // Without a usable disk of our own (detached, or failing and about to
     // be detached) an UpToDate peer serves the data.
     if ((this.disk === 'Diskless' || this.disk === 'Failed') && [...this.peers.values()].some((p) => p.canServeReads())) return null;
-    return `${this.name} on ${this.local.name} has disk ${this.disk} and no UpToDate peer to serve it`;
+    return { errno: 'ESHUTDOWN', message: `${this.name} on ${this.local.name} has disk ${this.disk} and no UpToDate peer to serve it` };
+  }
+
+  // --- quorum and automatic failover ---------------------------------------------------
+
+  /** A connection or a peer's role/disk changed: quorum, suspension and failover follow. */
+  private clusterChanged(): void {
+    const before = this.quorum;
+    const peers = [...this.peers.values()];
+    this.quorum = calcQuorum({
+      setting: this.config.options.quorum,
+      selfId: this.local.nodeId,
+      nodes: this.config.nodes.map((n) => ({ nodeId: n.nodeId, diskless: n.disk === null })),
+      reachable: peers.filter((p) => p.status().connection === 'Connected').map((p) => p.nodeId),
+      leftGracefully: peers.filter((p) => p.status().leftGracefully).map((p) => p.nodeId),
+      hadQuorum: before.have,
+    });
+    if (before.have !== this.quorum.have) {
+      this.log[this.quorum.have ? 'info' : 'warn']({ reason: this.quorum.reason }, this.quorum.have ? 'quorum regained' : 'quorum lost');
+      this.emit({ type: 'quorum', have: this.quorum.have, votes: this.quorum.votes, needed: this.quorum.needed, reason: this.quorum.reason });
+      if (!this.quorum.have) void this.runHandler('quorum-lost');
+    }
+    if (this.quorum.have) this.suspension.resume('no quorum');
+    else if (visibleRole(this.role) === 'Primary' && this.config.options.onNoQuorum === 'suspend-io') this.suspension.suspend('no quorum');
+    if (peers.some((p) => p.status().connection === 'Connected' && p.status().role === 'Primary')) {
+      this.failoverWanted = false;
+      this.cancelFailover();
+    }
+    if (this.failoverWanted) this.scheduleFailover(0);
+  }
+
+  /** A peer's session ended. A Primary that vanished without a goodbye may be failed over. */
+  private peerGone(peerNodeId: number, peer: string, info: { wasPrimary: boolean; graceful: boolean; reason: string }): void {
+    if (!info.graceful && visibleRole(this.role) === 'Primary' && this.config.net.fencing !== 'dont-care' && this.config.nodes.find((n) => n.nodeId === peerNodeId)?.disk !== null) {
+      void this.fencePeer(peerNodeId, peer);
+    }
+    if (info.wasPrimary && !info.graceful && this.config.options.autoPromote && this.config.options.quorum !== 'off') {
+      this.log.warn({ peer, reason: info.reason }, 'lost the Primary: automatic failover may promote a survivor');
+      this.failoverWanted = true;
+      // Survivors learn of the loss at slightly different moments (a reset
+      // at once, a silent partition only after ping-timeout): keep trying
+      // while that can still settle.
+      const net = this.config.net;
+      this.failoverDeadlineMs = Date.now() + 2 * (net.pingIntMs + net.pingTimeoutMs) + net.timeoutMs;
+    }
+    this.clusterChanged();
+  }
+
+  /**
+   * fencing: a Primary lost a data peer. The fence-peer handler reaches it
+   * another way (e.g. `mirrorbd outdate` over ssh) so that it cannot be
+   * promoted; with resource-and-stonith, I/O waits for that answer and stays
+   * suspended when the handler fails (until `resume-io`).
+   */
+  private async fencePeer(peerNodeId: number, peer: string): Promise<boolean> {
+    const reason = `fencing ${peer}`;
+    const stonith = this.config.net.fencing === 'resource-and-stonith';
+    if (stonith) this.suspension.suspend(reason);
+    const r = await this.runHandler('fence-peer', peerNodeId);
+    const outcome = r.ran ? fencePeerOutcome(r.timedOut ? null : r.exitCode) : 'failed';
+    const fenced = outcome === 'peer-outdated' || outcome === 'peer-fenced' || outcome === 'peer-inconsistent';
+    this.emit({ type: 'fence-peer', peer, outcome, fenced });
+    if (fenced || !stonith) this.suspension.resume(reason);
+    else this.log.error({ peer, outcome }, 'fence-peer failed: I/O stays suspended until resume-io');
+    return fenced;
+  }
+
+  /** `resume-io`: the operator lifts a suspension that fencing left (never one for lack of quorum). */
+  resumeIo(): void {
+    const fencing = this.suspension.why().filter((r) => r.startsWith('fencing '));
+    if (fencing.length === 0) throw new MirrorError('ERR_ROLE', `${this.name}: I/O is not suspended by fencing on ${this.local.name}`);
+    for (const r of fencing) this.suspension.resume(r);
+  }
+
+  /** `outdate`: this node's data may not be promoted without --force (what a fence-peer handler calls). */
+  async outdate(): Promise<void> {
+    const replica = this.requireReplica();
+    if (visibleRole(this.role) === 'Primary') throw new MirrorError('ERR_ROLE', `${this.name} is Primary on ${this.local.name}; it cannot be outdated`);
+    if (this.disk !== 'UpToDate' && this.disk !== 'Consistent') return;
+    await replica.change({ consistent: true, wasUpToDate: false });
+    this.setDisk('Outdated', 'outdate');
+    for (const p of this.peers.values()) p.announceState();
+  }
+
+  private cancelFailover(): void {
+    if (this.failoverTimer) clearTimeout(this.failoverTimer);
+    this.failoverTimer = null;
+  }
+
+  private scheduleFailover(delayMs: number): void {
+    if (this.failoverTimer) return;
+    this.failoverTimer = setTimeout(() => {
+      this.failoverTimer = null;
+      void this.tryFailover();
+    }, delayMs);
+    this.failoverTimer.unref();
+  }
+
+  /** The views of every node this one knows, for the candidate choice. */
+  private nodeViews(): NodeView[] {
+    return this.config.nodes.map((n): NodeView => {
+      if (n.nodeId === this.local.nodeId) {
+        return { nodeId: n.nodeId, name: n.name, disk: this.disk, role: visibleRole(this.role), connected: true, hasDisk: n.disk !== null };
+      }
+      const st = this.peers.get(n.nodeId)?.status();
+      return {
+        nodeId: n.nodeId,
+        name: n.name,
+        disk: st?.peerDisk ?? 'DUnknown',
+        role: st?.role ?? 'Unknown',
+        connected: st?.connection === 'Connected',
+        hasDisk: n.disk !== null,
+      };
+    });
+  }
+
+  private async tryFailover(): Promise<void> {
+    if (!this.failoverWanted || this.role !== 'Secondary') return;
+    const choice = chooseCandidate({ selfId: this.local.nodeId, nodes: this.nodeViews() });
+    this.lastChoice = choice;
+    if (!choice.promoteSelf || !this.quorum.have) {
+      if (Date.now() < this.failoverDeadlineMs) this.scheduleFailover(FAILOVER_RETRY_MS);
+      return;
+    }
+    try {
+      await this.primary(false, `auto-promote: ${choice.reason}`);
+      this.emit({ type: 'failover', candidates: choice.candidates.map((c) => c.name) });
+      this.log.warn('automatic failover: this node is Primary now');
+    } catch (e) {
+      this.log.info({ err: (e as Error).message }, 'automatic failover: promotion refused for now');
+      if (this.failoverWanted && Date.now() < this.failoverDeadlineMs) this.scheduleFailover(FAILOVER_RETRY_MS);
+    }
   }
 
   private connectedPeers(): Peer[] {
@@ -345,17 +573,111 @@ export class Resource {
     return this.exp?.clients().length ?? 0;
   }
 
-  async primary(force: boolean): Promise<void> {
+  /**
+   * `primary`: G4. Refused with a stable code when another node is Primary
+   * (naming it), when a peer is in the middle of its own promotion, without
+   * quorum, or without UpToDate data (unless forced). While connected, the
+   * promotion is a two-phase change every connected peer agrees to first.
+   */
+  async primary(force: boolean, reason: string = force ? 'primary --force' : 'primary'): Promise<void> {
     if (this.role === 'Primary') return;
-    const other = [...this.peers.values()].find((p) => p.status().connection === 'Connected' && p.status().role === 'Primary');
+    if (this.role !== 'Secondary') throw new MirrorError('ERR_BUSY', `${this.name} is ${this.role} on ${this.local.name}; try again`);
+    this.checkNoOtherPrimary();
+    const held = this.twopc.holder();
+    if (held) throw this.busy(held.fromNodeId);
+    const refusal = promotionRefusal(this.name, this.disk, force);
+    if (refusal) throw refusal;
+    if (!this.quorum.have && !force) {
+      throw new MirrorError('ERR_NO_QUORUM', `${this.name}: no quorum on ${this.local.name} (${this.quorum.reason}); 'primary --force' overrides`, {
+        votes: this.quorum.votes,
+        needed: this.quorum.needed,
+      });
+    }
+    this.setRole('Promoting', reason);
+    try {
+      await this.fenceUnreachablePeers(force);
+      const before = await this.runHandler('before-promote');
+      if (before.ran && (before.exitCode !== 0 || before.timedOut)) {
+        throw new MirrorError('ERR_ROLE', `${this.name}: the before-promote handler refused (exit ${before.exitCode ?? 'none'}${before.timedOut ? ', timed out' : ''})`);
+      }
+      await this.agreeWithPeers('promote');
+      await this.becomePrimary(force);
+    } catch (e) {
+      // (the role changes while awaiting: read it afresh)
+      if ((this.role as Role) === 'Promoting') this.setRole('Secondary', `promotion failed: ${(e as Error).message}`);
+      throw e;
+    }
+    this.setRole('Primary', reason);
+    this.failoverWanted = false;
+    this.cancelFailover();
+    for (const p of this.peers.values()) p.announceState();
+    this.log.info({ force, reason }, 'role changed to Primary');
+    void this.runHandler('after-promote');
+  }
+
+  /**
+   * With fencing, a node promotes only when every data peer it cannot reach
+   * is known not to be Primary: the fence-peer handler must say it outdated
+   * or fenced it. --force skips this (loudly).
+   */
+  private async fenceUnreachablePeers(force: boolean): Promise<void> {
+    if (this.config.net.fencing === 'dont-care') return;
+    const unreachable = [...this.peers.values()].filter((p) => !p.peerIsWitness && p.status().connection !== 'Connected');
+    for (const p of unreachable) {
+      if (force) {
+        this.log.warn({ peer: p.name }, 'forced promotion without fencing the unreachable peer');
+        continue;
+      }
+      if (!(await this.fencePeer(p.nodeId, p.name))) {
+        throw new MirrorError('ERR_FENCING', `${this.name}: ${p.name} is unreachable and fence-peer did not outdate or fence it (fencing ${this.config.net.fencing}); 'primary --force' overrides`, { peer: p.name });
+      }
+    }
+  }
+
+  private checkNoOtherPrimary(): void {
+    const other = this.connectedPeers().find((p) => p.status().role === 'Primary');
     if (other) {
       throw new MirrorError('ERR_TWO_PRIMARIES', `${this.name}: ${other.name} is Primary; demote it first`, { primary: other.name });
     }
-    const refusal = promotionRefusal(this.name, this.disk, force);
-    if (refusal) throw refusal;
+  }
+
+  private busy(nodeId: number): MirrorError {
+    const who = this.config.nodes.find((n) => n.nodeId === nodeId)?.name ?? `node-id ${nodeId}`;
+    return new MirrorError('ERR_BUSY', `${this.name}: ${who} is being promoted; try again`, { node: who });
+  }
+
+  /**
+   * Phase one with every connected peer, then commit or abort everywhere.
+   * A peer that does not answer in twopc-timeout, or whose session ends,
+   * fails the change: better no Primary for a moment than two.
+   */
+  private async agreeWithPeers(change: TwopcChange): Promise<void> {
+    const peers = this.connectedPeers();
+    if (peers.length === 0) return;
+    const txId = randomInt(1, 2 ** 47);
+    const answers = await Promise.all(peers.map((p) => p.twopcPrepare(txId, change, this.config.options.twopcTimeoutMs)));
+    const refused = answers.findIndex((a) => a === null || !a.yes);
+    for (const p of peers) p.twopcFinish(txId, refused < 0);
+    this.emit({ type: 'twopc', change, txId, committed: refused < 0, peers: peers.map((p) => p.name) });
+    if (refused < 0) return;
+    const peer = peers[refused]!;
+    const a = answers[refused];
+    if (a === null || a === undefined) {
+      throw new MirrorError('ERR_NOT_CONNECTED', `${this.name}: ${peer.name} did not answer the promotion (lost or timed out); try again`, { peer: peer.name });
+    }
+    if (a.reason === 'primary-exists') {
+      const primary = this.config.nodes.find((n) => n.nodeId === a.primaryNodeId)?.name ?? peer.name;
+      throw new MirrorError('ERR_TWO_PRIMARIES', `${this.name}: ${primary} is Primary (said ${peer.name}); demote it first`, { primary });
+    }
+    if (a.reason === 'busy') throw new MirrorError('ERR_BUSY', `${this.name}: ${peer.name} is busy with another promotion; try again`, { peer: peer.name });
+    throw new MirrorError('ERR_ROLE', `${this.name}: ${peer.name} refused the promotion`, { peer: peer.name });
+  }
+
+  /** The metadata side of a promotion, once the peers agreed. */
+  private async becomePrimary(force: boolean): Promise<void> {
     const replica = this.requireReplica();
     const wasUpToDate = this.disk === 'UpToDate';
-    const away = [...this.peers.values()].filter((p) => !p.replicating()).map((p) => p.nodeId);
+    const away = [...this.peers.values()].filter((p) => !p.replicating() && !p.peerIsWitness).map((p) => p.nodeId);
     if (!wasUpToDate) {
       // G4: forcing is loud. The data is declared good and starts a new
       // generation, so every peer's next handshake sees it as the source.
@@ -365,34 +687,63 @@ export class Resource {
       await replica.change({ newCurrentUuid: newUuid() });
     } else if (away.length > 0) {
       // Promoted without some peers: they will miss what comes.
-      await replica.newGenerationFor(away);
+      await replica.newGenerationFor(away, false);
     }
     // Persist "was Primary" before serving a single write: a crash from here
     // on is a crashed Primary.
     await replica.change({ primary: true });
     this.setDisk('UpToDate', force ? 'primary --force' : 'primary');
-    this.setRole('Primary', force ? 'primary --force' : 'primary');
-    this.log.info({ force }, 'role changed to Primary');
-    for (const p of this.peers.values()) {
+    if (!wasUpToDate) {
       // A connected peer that got no data from us yet (both were Inconsistent)
       // must decide again: now there is a source.
-      if (!wasUpToDate) void p.renegotiate('new data generation after forced promotion');
-      else p.announceState();
+      for (const p of this.peers.values()) if (!p.peerIsWitness) void p.renegotiate('new data generation after forced promotion');
     }
   }
 
-  async secondary(force: boolean): Promise<void> {
+  // --- two-phase changes a peer initiates ------------------------------------------
+
+  private twopcPrepare(from: number, txId: number, change: TwopcChange): TwopcAnswer {
+    const no = (reason: TwopcAnswer['reason'], primaryNodeId = NO_NODE): TwopcAnswer => ({ yes: false, reason, primaryNodeId });
+    if (change !== 'promote') return no('not-allowed');
+    if (visibleRole(this.role) === 'Primary') return no('primary-exists', this.local.nodeId);
+    if (this.role === 'Promoting') return no('busy');
+    // A Primary the initiator may not see (another partition of the mesh).
+    const other = this.connectedPeers().find((p) => p.nodeId !== from && p.status().role === 'Primary');
+    if (other) return no('primary-exists', other.nodeId);
+    if (!this.twopc.take(from, txId)) return no('busy');
+    return { yes: true, reason: 'none', primaryNodeId: NO_NODE };
+  }
+
+  private twopcDone(from: number, txId: number | null, committed: boolean): void {
+    if (!this.twopc.release(from, txId)) return;
+    if (committed) {
+      // The initiator is Primary now; its STATE follows.
+      this.failoverWanted = false;
+      this.cancelFailover();
+    }
+  }
+
+  async secondary(force: boolean, reason: string = force ? 'secondary --force' : 'secondary'): Promise<void> {
     if (this.role === 'Secondary') return;
+    if (this.role !== 'Primary') throw new MirrorError('ERR_BUSY', `${this.name} is ${this.role} on ${this.local.name}; try again`);
     const refusal = demotionRefusal(this.name, this.clientCount(), force);
     if (refusal) throw refusal;
-    this.setRole('Secondary', force ? 'secondary --force' : 'secondary');
-    // New requests are refused from here (the gate); in-flight ones finish,
-    // then connected clients are told ESHUTDOWN and closed.
-    await this.nbd.disconnectClients(this.name, `${this.name} became Secondary`);
-    await this.replicator?.flush().catch(() => undefined);
-    await this.replica?.change({ primary: false, crashedPrimary: false });
+    this.setRole('Demoting', reason);
+    try {
+      // New requests are refused from here (the gate); in-flight ones finish,
+      // then connected clients are told ESHUTDOWN and closed.
+      await this.nbd.disconnectClients(this.name, `${this.name} became Secondary`);
+      await this.replicator?.flush().catch(() => undefined);
+      await this.replica?.change({ primary: false, crashedPrimary: false });
+    } catch (e) {
+      this.setRole('Primary', `demotion failed: ${(e as Error).message}`);
+      throw e;
+    }
+    this.setRole('Secondary', reason);
+    for (const r of this.suspension.why()) this.suspension.resume(r);
     for (const p of this.peers.values()) p.announceState();
     this.log.info({ force }, 'role changed to Secondary');
+    void this.runHandler('after-demote');
   }
 
   /** Online verify against every connected peer. */
@@ -479,14 +830,18 @@ export class Resource {
     for (const p of this.connectedPeers()) p.resumeSync();
   }
 
-  async connect(): Promise<void> {
-    this.requireReplica();
+  /** `connect [--discard-my-data]`: the flag makes this node yield the next split brain. */
+  async connect(opts: { discardMyData?: boolean } = {}): Promise<void> {
+    if (this.local.disk !== null) this.requireReplica();
     if (this.peers.size === 0) throw new MirrorError('ERR_BAD_CONFIG', `${this.name} has no peers to connect to`);
-    for (const p of this.peers.values()) p.connect();
+    if (opts.discardMyData && visibleRole(this.role) === 'Primary') {
+      throw new MirrorError('ERR_ROLE', `${this.name} is Primary on ${this.local.name}; demote it before discarding its data`);
+    }
+    for (const p of this.peers.values()) p.connect(opts);
   }
 
   async disconnect(): Promise<void> {
-    this.requireReplica();
+    if (this.local.disk !== null) this.requireReplica();
     for (const p of this.peers.values()) await p.disconnect('disconnect requested by the operator');
   }
 
@@ -498,7 +853,9 @@ export class Resource {
   }
 
   private async releaseAll(clean: boolean): Promise<void> {
-    for (const p of this.peers.values()) await p.disconnect('going down').catch(() => undefined);
+    this.cancelFailover();
+    this.twopc.clear();
+    for (const p of this.peers.values()) await p.disconnect(`${LEAVING_PREFIX}${this.local.name} is going down`).catch(() => undefined);
     this.peers.clear();
     const pl = this.peerListener;
     this.peerListener = null;
@@ -521,6 +878,19 @@ export class Resource {
     return this.replica;
   }
 
+  private promotionStatus(): ResourceStatus['promotion'] {
+    const choice = chooseCandidate({ selfId: this.local.nodeId, nodes: this.nodeViews() });
+    const held = this.twopc.holder();
+    return {
+      autoPromote: this.config.options.autoPromote && this.config.options.quorum !== 'off',
+      candidates: choice.candidates.map((c) => c.name),
+      reason: choice.reason,
+      failoverPending: this.failoverWanted,
+      lastFailoverChoice: this.lastChoice ? this.lastChoice.reason : null,
+      preparedFor: held ? (this.config.nodes.find((n) => n.nodeId === held.fromNodeId)?.name ?? String(held.fromNodeId)) : null,
+    };
+  }
+
   status(): ResourceStatus {
     const sb = this.replica?.superblock;
     const now = Date.now();
@@ -529,7 +899,12 @@ export class Resource {
       node: this.local.name,
       nodeId: this.local.nodeId,
       role: this.role,
+      roleReason: this.roleReason,
       disk: this.disk,
+      diskless: this.local.disk === null,
+      quorum: { ...this.quorum, setting: String(this.config.options.quorum), onNoQuorum: this.config.options.onNoQuorum },
+      suspended: this.suspension.why(),
+      promotion: this.promotionStatus(),
       sizeBytes: this.exp?.size() ?? 0,
       nbd: {
         address: this.local.nbdAddress ? formatNbdAddress(this.listener?.address ?? this.local.nbdAddress) : null,

@@ -7,15 +7,32 @@
  */
 import { MirrorError } from '../errors.js';
 
-export type Role = 'Primary' | 'Secondary';
+/**
+ * The role of this node. Promoting: a promotion is being agreed with the
+ * connected peers (two-phase commit) or its metadata written; the node still
+ * serves nothing. Demoting: clients are being drained; peers still see a
+ * Primary until it is done.
+ */
+export type Role = 'Primary' | 'Secondary' | 'Promoting' | 'Demoting';
 
 /** DRBD's disk states. */
 export type DiskState = 'Diskless' | 'Attaching' | 'Inconsistent' | 'Outdated' | 'Consistent' | 'UpToDate' | 'Failed';
 
 export const ROLE_EDGES: Readonly<Record<Role, readonly Role[]>> = {
-  Secondary: ['Primary'],
-  Primary: ['Secondary'],
+  // `primary`, or auto-promote after losing the Primary
+  Secondary: ['Promoting'],
+  // every peer agreed and the metadata says Primary / a peer refused, or quorum or disk said no
+  Promoting: ['Primary', 'Secondary'],
+  // `secondary` (or `down`) starts draining clients
+  Primary: ['Demoting'],
+  // drained / draining failed and the node stays Primary
+  Demoting: ['Secondary', 'Primary'],
 };
+
+/** What peers and clients see: a Promoting node is not Primary yet, a Demoting one still is. */
+export function visibleRole(role: Role): 'Primary' | 'Secondary' {
+  return role === 'Primary' || role === 'Demoting' ? 'Primary' : 'Secondary';
+}
 
 export const DISK_EDGES: Readonly<Record<DiskState, readonly DiskState[]>> = {
   // attach starts reading metadata

@@ -29,6 +29,10 @@ export interface PeerStatus {
   lastError: string | null;
   /** The last handshake found a split brain; the connection stays StandAlone. */
   splitBrain: boolean;
+  /** The peer said it was going down; it does not count against quorum while away. */
+  leftGracefully: boolean;
+  /** The peer has no disk (a witness). */
+  diskless: boolean;
   /** Bytes on the wire with this peer since up (both channels). */
   bytesSent: number;
   bytesReceived: number;
@@ -45,8 +49,29 @@ export interface ResourceStatus {
   name: string;
   node: string;
   nodeId: number;
+  /** Primary, Secondary, or Promoting / Demoting while a role change is under way. */
   role: Role;
+  /** Why the role last changed ("primary", "auto-promote: ...", "secondary --force"). */
+  roleReason: string;
   disk: DiskState;
+  /** This node has no disk by configuration (a witness). */
+  diskless: boolean;
+  /** Whether this node's partition has quorum, and the count behind it. */
+  quorum: { have: boolean; votes: number; needed: number; voters: number; reason: string; setting: string; onNoQuorum: string };
+  /** Why I/O is suspended now (e.g. "no quorum"); empty while it flows. */
+  suspended: string[];
+  promotion: {
+    /** auto-promote is on and quorum is configured: a lost Primary is failed over. */
+    autoPromote: boolean;
+    /** Nodes that could be promoted now, best first (UpToDate first, then node-id). */
+    candidates: string[];
+    reason: string;
+    /** A Primary was lost and no node has taken over yet. */
+    failoverPending: boolean;
+    lastFailoverChoice: string | null;
+    /** The node whose promotion this node agreed to and that has not committed yet. */
+    preparedFor: string | null;
+  };
   /** Size of the exported data area. */
   sizeBytes: number;
   nbd: {

@@ -29,6 +29,8 @@ import {
   MAX_DIGEST_BYTES,
   PACKET_SPECS,
   PacketDecoder,
+  TWOPC_CHANGES,
+  TWOPC_REFUSALS,
   WIRE_DISK_STATES,
   WIRE_MAGIC,
   WIRE_ROLES,
@@ -89,6 +91,15 @@ function randomPacket(rng: Rng, kind: PacketKind, channel: Channel, maxPayload: 
       return { kind, role: rng.pick(WIRE_ROLES), disk: rng.pick(WIRE_DISK_STATES) };
     case 'decision':
       return { kind, strategy: rng.pick(SYNC_STRATEGIES), rule: rng.pick(SYNC_RULES) };
+    case 'twopc-prepare':
+      return { kind, txId: u53(rng), change: rng.pick(TWOPC_CHANGES), initiatorNodeId: rng.int(32) };
+    case 'twopc-reply': {
+      const yes = rng.chance(0.5);
+      return { kind, txId: u53(rng), yes, reason: yes ? 'none' : rng.pick(TWOPC_REFUSALS.slice(1)), primaryNodeId: rng.chance(0.3) ? 0xff : rng.int(32) };
+    }
+    case 'twopc-commit':
+    case 'twopc-abort':
+      return { kind, txId: u53(rng) };
     case 'bitmap':
       return { kind, last: rng.chance(0.5), startBit: u53(rng), payload: payload(rng, maxPayload) };
     case 'data':

@@ -5,12 +5,13 @@ const FULL = `# every key, with values other than the defaults
 global { run-dir /var/run/mbd; log-level debug; }
 common {
   net { protocol B; ping-int 3; ping-timeout 1.25; connect-int 4; timeout 2.5; ko-count 0;
-        shared-secret "s3cret with space"; cram-hmac-alg sha1; data-integrity-alg crc32c; verify-alg sha256; csums-alg md5; }
+        shared-secret "s3cret with space"; cram-hmac-alg sha1; data-integrity-alg crc32c; verify-alg sha256; csums-alg md5;
+        fencing resource-and-stonith; after-sb-0pri discard-node-beta; after-sb-1pri consensus; after-sb-2pri disconnect; }
   disk { resync-rate 250; al-extents 7; on-io-error pass_on; c-plan-ahead 2; c-delay-target 0.25; c-min-rate 1M; c-max-rate 500M; }
   nbd { tls required; tls-key /k.pem; tls-cert /c.pem; tls-ca /ca.pem;
         allow 10.0.0.1 192.0.2.0/24; allow ::1 2001:db8::/32;
         max-payload 64K; description "first \\"disk\\"\\tok"; }
-  options { quorum 2; on-no-quorum io-error; auto-promote no; }
+  options { quorum 2; on-no-quorum io-error; auto-promote no; twopc-timeout 12.5; handler-timeout 90; }
   handlers {
     fence-peer "f"; split-brain "s"; before-promote "bp"; after-promote "ap"; after-demote "ad";
     quorum-lost "q"; out-of-sync "o"; before-resync-target "brt"; after-resync-target "art";
@@ -50,6 +51,10 @@ test('every key is read into the model', () => {
     tlsKeyFile: null,
     tlsCertFile: null,
     tlsCaFile: null,
+    fencing: 'resource-and-stonith',
+    afterSb0pri: { policy: 'discard-node', node: 'beta' },
+    afterSb1pri: 'consensus',
+    afterSb2pri: 'disconnect',
   });
   expect(r.disk).toEqual({
     resyncRateBytesPerSec: 250 * 1024,
@@ -69,7 +74,7 @@ test('every key is read into the model', () => {
     maxPayloadBytes: 64 * 1024,
     description: 'first "disk"\tok',
   });
-  expect(r.options).toEqual({ quorum: 2, onNoQuorum: 'io-error', autoPromote: false });
+  expect(r.options).toEqual({ quorum: 2, onNoQuorum: 'io-error', autoPromote: false, twopcTimeoutMs: 12_500, handlerTimeoutMs: 90_000 });
   expect(r.handlers).toEqual({
     'fence-peer': 'f',
     'split-brain': 's',
@@ -91,7 +96,7 @@ test('defaults fill everything left out', () => {
   const c = parseConfig('resource r { on a { node-id 0; disk /d; } }', 'min.conf');
   expect(c.global).toEqual({ runDir: '/run/mirrorbd', logLevel: 'info' });
   const r = c.resources[0]!;
-  expect(r.net).toEqual({ protocol: 'C', pingIntMs: 10_000, pingTimeoutMs: 500, connectIntMs: 10_000, timeoutMs: 6000, koCount: 7, sharedSecret: null, cramHmacAlg: 'sha256', dataIntegrityAlg: 'none', verifyAlg: 'crc32c', csumsAlg: 'none', tls: false, tlsKeyFile: null, tlsCertFile: null, tlsCaFile: null });
+  expect(r.net).toEqual({ protocol: 'C', pingIntMs: 10_000, pingTimeoutMs: 500, connectIntMs: 10_000, timeoutMs: 6000, koCount: 7, sharedSecret: null, cramHmacAlg: 'sha256', dataIntegrityAlg: 'none', verifyAlg: 'crc32c', csumsAlg: 'none', tls: false, tlsKeyFile: null, tlsCertFile: null, tlsCaFile: null, fencing: 'dont-care', afterSb0pri: { policy: 'disconnect' }, afterSb1pri: 'disconnect', afterSb2pri: 'disconnect' });
   expect(r.disk).toEqual({
     resyncRateBytesPerSec: 100 * 1024 * 1024,
     alExtents: 1237,
@@ -102,7 +107,7 @@ test('defaults fill everything left out', () => {
     cMaxRateBytesPerSec: 1024 * 1024 * 1024,
   });
   expect(r.nbd).toEqual({ tls: 'off', tlsKeyFile: null, tlsCertFile: null, tlsCaFile: null, allow: [], maxPayloadBytes: 32 * 1024 * 1024, description: null });
-  expect(r.options).toEqual({ quorum: 'off', onNoQuorum: 'suspend-io', autoPromote: true });
+  expect(r.options).toEqual({ quorum: 'off', onNoQuorum: 'suspend-io', autoPromote: true, twopcTimeoutMs: 30_000, handlerTimeoutMs: 60_000 });
   expect(r.handlers).toEqual({});
   expect(r.nodes).toEqual([{ name: 'a', nodeId: 0, disk: '/d', metaDisk: 'internal', address: null, nbdAddress: null }]);
 });

@@ -7,11 +7,12 @@ import {
   promotionRefusal,
   transitionDisk,
   transitionRole,
+  visibleRole,
   type DiskState,
   type Role,
 } from '../../src/resource/states.js';
 
-const roles: Role[] = ['Primary', 'Secondary'];
+const roles: Role[] = ['Primary', 'Secondary', 'Promoting', 'Demoting'];
 const disks: DiskState[] = ['Diskless', 'Attaching', 'Inconsistent', 'Outdated', 'Consistent', 'UpToDate', 'Failed'];
 
 describe('role transitions', () => {
@@ -24,6 +25,18 @@ describe('role transitions', () => {
       });
     }
   }
+});
+
+describe('the role table', () => {
+  it('a Secondary becomes Primary only through Promoting, and back only through Demoting', () => {
+    expect(ROLE_EDGES.Secondary).toEqual(['Promoting']);
+    expect(ROLE_EDGES.Primary).toEqual(['Demoting']);
+    expect(ROLE_EDGES.Promoting).toEqual(['Primary', 'Secondary']);
+    expect(ROLE_EDGES.Demoting).toEqual(['Secondary', 'Primary']);
+  });
+  it('peers see Promoting as Secondary and Demoting as Primary', () => {
+    expect(roles.map((r) => visibleRole(r))).toEqual(['Primary', 'Secondary', 'Secondary', 'Primary']);
+  });
 });
 
 describe('disk transitions', () => {

@@ -66,6 +66,10 @@ const SAMPLES: Packet[] = [
   { kind: 'ping' },
   { kind: 'ping-ack' },
   { kind: 'disconnect', reason: 'shutting down — bye' },
+  { kind: 'twopc-prepare', txId: 2 ** 53 - 1, change: 'promote', initiatorNodeId: 31 },
+  { kind: 'twopc-reply', txId: 7, yes: false, reason: 'primary-exists', primaryNodeId: 2 },
+  { kind: 'twopc-commit', txId: 7 },
+  { kind: 'twopc-abort', txId: 8 },
 ];
 
 /** Empty payloads and digests are legal too. */
@@ -76,6 +80,7 @@ const EDGE_SAMPLES: Packet[] = [
   { kind: 'ov-reply', id: 0, offset: 0, length: 0, digest: bytes(64, 9) },
   { kind: 'hello', protocolMin: 0, protocolMax: 0, features: 0, sessionId: 0n, nodeId: 0, channel: 'data', resource: 'x'.repeat(255) },
   { kind: 'disconnect', reason: '' },
+  { kind: 'twopc-reply', txId: 0, yes: true, reason: 'none', primaryNodeId: 0xff },
   { kind: 'params', protocol: 'C', flags: 0, csumsAlg: 'a'.repeat(63), verifyAlg: 'b'.repeat(63) },
 ];
 

@@ -76,6 +76,11 @@ export const PacketType = {
   PING: 0x0401,
   PING_ACK: 0x0402,
   DISCONNECT: 0x0403,
+  // cluster-wide state changes: two-phase commit (0x05xx)
+  TWOPC_PREPARE: 0x0501,
+  TWOPC_REPLY: 0x0502,
+  TWOPC_COMMIT: 0x0503,
+  TWOPC_ABORT: 0x0504,
 } as const;
 
 /** HELLO `channel`: which of the two connections of a peer session this is. */
@@ -126,6 +131,8 @@ export const UUID_FLAGS = {
    * skips the initial sync and both become UpToDate).
    */
   ADOPT_CURRENT: 1 << 4,
+  /** The sender's bitmap UUID for the receiver was set while the sender was Primary. */
+  PRIMARY_AT_SPLIT: 1 << 5,
 } as const;
 export const KNOWN_UUID_FLAGS = Object.values(UUID_FLAGS).reduce((a, b) => a | b, 0);
 
@@ -145,6 +152,21 @@ export const WRITE_FLAGS = {
   NO_HOLE: 1 << 3,
 } as const;
 export const KNOWN_WRITE_FLAGS = Object.values(WRITE_FLAGS).reduce((a, b) => a | b, 0);
+
+/** TWOPC_PREPARE `change`: what the initiator wants to change. Wire code = index. Append only. */
+export const TWOPC_CHANGES = ['promote'] as const;
+export type TwopcChange = (typeof TWOPC_CHANGES)[number];
+
+/**
+ * TWOPC_REPLY `reason` when the answer is no. Wire code = index. Append only.
+ * - primary-exists: the replier is Primary, or sees another Primary (named by primaryNodeId);
+ * - busy: the replier is promoting itself, or holds another node's prepared change;
+ * - not-allowed: any other refusal.
+ */
+export const TWOPC_REFUSALS = ['none', 'primary-exists', 'busy', 'not-allowed'] as const;
+export type TwopcRefusal = (typeof TWOPC_REFUSALS)[number];
+/** TWOPC_REPLY `primaryNodeId` when no Primary is named. */
+export const NO_NODE = 0xff;
 
 /** Longest resource name and DISCONNECT reason (u8 length prefix). */
 export const MAX_NAME_BYTES = 255;

@@ -29,6 +29,9 @@ import {
   MAX_ALG_NAME_BYTES,
   MAX_DIGEST_BYTES,
   MAX_NODE_ID,
+  NO_NODE,
+  TWOPC_CHANGES,
+  TWOPC_REFUSALS,
   WIRE_MAGIC,
 } from './constants.js';
 import {
@@ -70,6 +73,13 @@ export interface PacketDecoderOptions {
   integrity?: boolean;
   /** Payload allocator (tests spy on it to prove the limit holds). */
   allocate?: (size: number) => Buffer;
+  /**
+   * An RS_DATA_REPLY payload that straddles received chunks is handed out as
+   * the list of its pieces (`parts`, views of the chunks) instead of being
+   * copied into one new buffer: a resync of a whole disk then neither
+   * copies every byte once more nor allocates a buffer per request.
+   */
+  gatherPayloads?: boolean;
 }
 
 const enum ReadState {
@@ -81,6 +91,8 @@ const enum ReadState {
   Fixed,
   /** Copying a payload that straddles chunks into `payload`. */
   Payload,
+  /** Collecting views of the chunks a gathered payload straddles (`parts`). */
+  Gather,
   /** Collecting the 4-byte digest after a payload. */
   Digest,
   /** A violation was found; nothing more is decoded. */
@@ -103,6 +115,9 @@ export class PacketDecoder {
   private readonly gate: StreamGate;
   private maxLength: number;
   private readonly allocate: (size: number) => Buffer;
+  private readonly gatherPayloads: boolean;
+  /** The pieces of a gathered payload, and how many bytes they hold so far. */
+  private parts: Buffer[] = [];
   private integrity: boolean;
   // The packet being read.
   private spec: PacketSpec = PACKET_SPECS[0]!;
@@ -110,6 +125,8 @@ export class PacketDecoder {
   private hasDigest = false;
   private pending: PayloadPacket | null = null;
   private filled = 0;
+  /** Bytes of the payload being gathered. */
+  private gatherLength = 0;
   /** Running crc32c of the body read so far (digest packets only). */
   private crc = 0;
   /** Where the bytes of the last take() start in the buffer it returned. */
@@ -122,6 +139,7 @@ export class PacketDecoder {
     this.maxLength = options.maxLength ?? DEFAULT_MAX_PACKET_LENGTH;
     this.integrity = options.integrity ?? false;
     this.allocate = options.allocate ?? Buffer.allocUnsafe;
+    this.gatherPayloads = options.gatherPayloads ?? false;
   }
 
   /** After HELLOs are exchanged: whether block-data packets must carry the digest. */
@@ -188,11 +206,19 @@ export class PacketDecoder {
           this.state = this.hasDigest ? ReadState.Digest : ReadState.Header;
           if (this.state === ReadState.Header) return this.finishPayload();
           continue;
+        case ReadState.Gather:
+          if (!this.gatherPieces()) return null;
+          (this.pending as RsDataReplyPacket).parts = this.parts;
+          this.parts = [];
+          this.state = this.hasDigest ? ReadState.Digest : ReadState.Header;
+          if (this.state === ReadState.Header) return this.finishPayload();
+          continue;
         case ReadState.Digest: {
           if (this.total < DIGEST_SIZE) return null;
           const got = this.take(DIGEST_SIZE).readUInt32BE(this.takenAt);
           const p = this.pending!;
-          const want = CRC32C.buf(p.payload, this.crc) >>> 0;
+          // A gathered payload was added to the running crc piece by piece.
+          const want = (p.kind === 'rs-data-reply' && p.parts !== undefined ? this.crc : CRC32C.buf(p.payload, this.crc)) >>> 0;
           if (got !== want) {
             return this.fail(`${p.kind} failed its integrity digest (got 0x${hex8(got)}, computed 0x${hex8(want)})`);
           }
@@ -290,6 +316,14 @@ export class PacketDecoder {
       this.state = this.hasDigest ? ReadState.Digest : ReadState.Header;
       return true;
     }
+    if (this.gatherPayloads && p.kind === 'rs-data-reply') {
+      // No allocation and no copy: the pieces stay views of the chunks.
+      this.parts = [];
+      this.filled = 0;
+      this.gatherLength = n;
+      this.state = ReadState.Gather;
+      return true;
+    }
     // n <= maxLength: the header check bounded it before anything was buffered.
     p.payload = this.allocate(n);
     this.filled = 0;
@@ -302,6 +336,20 @@ export class PacketDecoder {
     const p = this.pending;
     this.pending = null;
     return p;
+  }
+
+  /** Takes views of what has arrived of a gathered payload; true when complete. */
+  private gatherPieces(): boolean {
+    while (this.filled < this.gatherLength && this.chunks.length > 0) {
+      const c = this.chunks[0]!;
+      const n = Math.min(c.length - this.head, this.gatherLength - this.filled);
+      const piece = c.subarray(this.head, this.head + n);
+      if (this.hasDigest) this.crc = CRC32C.buf(piece, this.crc);
+      this.parts.push(piece);
+      this.filled += n;
+      this.consume(n);
+    }
+    return this.filled === this.gatherLength;
   }
 
   /** Copies what has arrived into the pending payload; true when complete. */
@@ -481,6 +529,33 @@ export class PacketDecoder {
       case 'ping':
       case 'ping-ack':
         return { kind: s.kind };
+      case 'twopc-prepare': {
+        const txId = readU53(b, at);
+        const change = TWOPC_CHANGES[b[at + 8]!];
+        const initiatorNodeId = b[at + 9]!;
+        if (txId < 0) return this.fail('twopc-prepare txId is beyond 2^53');
+        if (change === undefined) return this.fail(`twopc-prepare change ${b[at + 8]} is unknown`);
+        if (initiatorNodeId > MAX_NODE_ID) return this.fail(`twopc-prepare initiator ${initiatorNodeId} is not a node id`);
+        return { kind: 'twopc-prepare', txId, change, initiatorNodeId };
+      }
+      case 'twopc-reply': {
+        const txId = readU53(b, at);
+        const yes = b[at + 8]!;
+        const reason = TWOPC_REFUSALS[b[at + 9]!];
+        const primaryNodeId = b[at + 10]!;
+        if (txId < 0) return this.fail('twopc-reply txId is beyond 2^53');
+        if (yes > 1) return this.fail(`twopc-reply yes is ${yes}, not 0 or 1`);
+        if (reason === undefined) return this.fail(`twopc-reply reason ${b[at + 9]} is unknown`);
+        if ((yes === 1) !== (reason === 'none')) return this.fail('twopc-reply: a yes carries no reason and a no needs one');
+        if (primaryNodeId > MAX_NODE_ID && primaryNodeId !== NO_NODE) return this.fail(`twopc-reply primary ${primaryNodeId} is not a node id`);
+        return { kind: 'twopc-reply', txId, yes: yes === 1, reason, primaryNodeId };
+      }
+      case 'twopc-commit':
+      case 'twopc-abort': {
+        const txId = readU53(b, at);
+        if (txId < 0) return this.fail(`${s.kind} txId is beyond 2^53`);
+        return { kind: s.kind, txId };
+      }
       case 'data':
       case 'rs-data-reply':
       case 'data-reply':
@@ -533,6 +608,7 @@ export class PacketDecoder {
     this.total = 0;
     this.head = 0;
     this.pending = null;
+    this.parts = [];
     return null;
   }
 

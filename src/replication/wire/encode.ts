@@ -24,6 +24,9 @@ import {
   MAX_DIGEST_BYTES,
   MAX_NAME_BYTES,
   MAX_NODE_ID,
+  NO_NODE,
+  TWOPC_CHANGES,
+  TWOPC_REFUSALS,
   WIRE_MAGIC,
 } from './constants.js';
 import { WIRE_DISK_STATES, WIRE_ROLES, specOfKind, type Packet } from './packets.js';
@@ -53,6 +56,22 @@ function payloadOf(p: Packet): Buffer | null {
   }
 }
 
+/** The payload as its pieces: a gathered RS_DATA_REPLY's `parts`, else [payload] (or null). */
+function payloadPieces(p: Packet): readonly Buffer[] | null {
+  if (p.kind === 'rs-data-reply' && p.parts !== undefined) {
+    if (p.payload.length !== 0) throw new RangeError('rs-data-reply has both a payload and parts');
+    return p.parts;
+  }
+  const payload = payloadOf(p);
+  return payload === null ? null : [payload];
+}
+
+function piecesLength(pieces: readonly Buffer[] | null): number {
+  let n = 0;
+  if (pieces !== null) for (const b of pieces) n += b.length;
+  return n;
+}
+
 function withDigest(p: Packet, options: EncodeOptions | undefined): boolean {
   return options?.integrity === true && specOfKind(p.kind).digest;
 }
@@ -77,7 +96,7 @@ function headLength(p: Packet): number {
 
 /** Total bytes the packet takes on the wire. */
 export function encodedLength(p: Packet, options?: EncodeOptions): number {
-  return headLength(p) + (payloadOf(p)?.length ?? 0) + (withDigest(p, options) ? DIGEST_SIZE : 0);
+  return headLength(p) + piecesLength(payloadPieces(p)) + (withDigest(p, options) ? DIGEST_SIZE : 0);
 }
 
 /**
@@ -87,17 +106,17 @@ export function encodedLength(p: Packet, options?: EncodeOptions): number {
  */
 export function encodePacket(p: Packet, options?: EncodeOptions): Buffer[] {
   const digest = withDigest(p, options);
-  const payload = payloadOf(p);
+  const pieces = payloadPieces(p);
   const head = headLength(p);
-  const bodyLength = head - HEADER_SIZE + (payload?.length ?? 0) + (digest ? DIGEST_SIZE : 0);
+  const bodyLength = head - HEADER_SIZE + piecesLength(pieces) + (digest ? DIGEST_SIZE : 0);
   // One allocation holds the head and, at its end, the digest.
   const buf = Buffer.allocUnsafe(head + (digest ? DIGEST_SIZE : 0));
   writeHead(p, buf, 0, bodyLength, digest ? HEADER_FLAG_DIGEST : 0);
-  if (payload === null) return [buf];
+  if (pieces === null) return [buf];
   const out: Buffer[] = [buf.subarray(0, head)];
-  if (payload.length > 0) out.push(payload);
+  for (const b of pieces) if (b.length > 0) out.push(b);
   if (digest) {
-    buf.writeUInt32BE(bodyDigest(buf.subarray(HEADER_SIZE, head), payload), head);
+    buf.writeUInt32BE(bodyDigest(buf.subarray(HEADER_SIZE, head), ...pieces), head);
     out.push(buf.subarray(head));
   }
   return out;
@@ -111,14 +130,13 @@ export function encodeInto(p: Packet, target: Buffer, at: number, options?: Enco
   const total = encodedLength(p, options);
   if (at < 0 || at + total > target.length) throw new RangeError(`${p.kind} packet of ${total} bytes does not fit at ${at} of ${target.length}`);
   const digest = withDigest(p, options);
-  const payload = payloadOf(p);
+  const pieces = payloadPieces(p);
   const head = headLength(p);
   writeHead(p, target, at, total - HEADER_SIZE, digest ? HEADER_FLAG_DIGEST : 0);
-  if (payload !== null) {
-    payload.copy(target, at + head);
-    if (digest) {
-      target.writeUInt32BE(bodyDigest(target.subarray(at + HEADER_SIZE, at + head), payload), at + head + payload.length);
-    }
+  if (pieces !== null) {
+    let end = at + head;
+    for (const b of pieces) end += b.copy(target, end);
+    if (digest) target.writeUInt32BE(bodyDigest(target.subarray(at + HEADER_SIZE, at + head), ...pieces), end);
   }
   return total;
 }
@@ -128,8 +146,10 @@ export function encodeInto(p: Packet, target: Buffer, at: number, options?: Enco
  * Covering the fixed fields too means a flipped offset bit is caught, not
  * just a flipped data bit (a right block at a wrong place is as bad).
  */
-export function bodyDigest(fixed: Buffer, payload: Buffer): number {
-  return CRC32C.buf(payload, CRC32C.buf(fixed)) >>> 0;
+export function bodyDigest(fixed: Buffer, ...payload: Buffer[]): number {
+  let crc = CRC32C.buf(fixed);
+  for (const b of payload) crc = CRC32C.buf(b, crc);
+  return crc >>> 0;
 }
 
 // --- field writers ---------------------------------------------------------------
@@ -263,6 +283,21 @@ function writeHead(p: Packet, b: Buffer, at: number, bodyLength: number, flags: 
     case 'disconnect':
       writeString(b, o, p.reason, MAX_NAME_BYTES, 'reason');
       return;
+    case 'twopc-prepare':
+      writeU53(b, o, p.txId, 'txId');
+      b.writeUInt8(codeOf(TWOPC_CHANGES, p.change, 'change'), o + 8);
+      b.writeUInt8(nodeIdOf(p.initiatorNodeId, 'initiatorNodeId'), o + 9);
+      return;
+    case 'twopc-reply':
+      writeU53(b, o, p.txId, 'txId');
+      b.writeUInt8(p.yes ? 1 : 0, o + 8);
+      b.writeUInt8(codeOf(TWOPC_REFUSALS, p.reason, 'reason'), o + 9);
+      b.writeUInt8(p.primaryNodeId === NO_NODE ? NO_NODE : nodeIdOf(p.primaryNodeId, 'primaryNodeId'), o + 10);
+      return;
+    case 'twopc-commit':
+    case 'twopc-abort':
+      writeU53(b, o, p.txId, 'txId');
+      return;
     case 'auth-ok':
     case 'sync-pause':
     case 'sync-resume':
@@ -271,6 +306,11 @@ function writeHead(p: Packet, b: Buffer, at: number, bodyLength: number, flags: 
     case 'ping-ack':
       return;
   }
+}
+
+function nodeIdOf(id: number, name: string): number {
+  if (!Number.isInteger(id) || id < 0 || id > MAX_NODE_ID) throw new RangeError(`${name} ${id} is not 0..${MAX_NODE_ID}`);
+  return id;
 }
 
 /** u8 length then UTF-8 bytes; returns the offset after them. */

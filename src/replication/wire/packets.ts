@@ -12,7 +12,7 @@
  * - `payload` is a view of received bytes (or a fresh copy when it straddled
  *   TCP chunks); whoever keeps it beyond the current I/O owns that decision.
  */
-import { PacketType } from './constants.js';
+import { PacketType, type TwopcChange, type TwopcRefusal } from './constants.js';
 import type { SyncRule, SyncStrategy } from '../sync-decision.js';
 
 export type Channel = 'data' | 'meta';
@@ -188,6 +188,19 @@ export interface RsDataReplyPacket {
   id: number;
   offset: number;
   payload: Buffer;
+  /**
+   * Only from a decoder built with `gatherPayloads`: the payload arrived in
+   * these pieces (views of the received chunks, in order) and `payload` is
+   * empty. The pieces are not copied into one buffer: the receiver writes
+   * them as they are (one positional writev). Also accepted by the encoder.
+   */
+  parts?: Buffer[];
+  /**
+   * Not on the wire: the sender's wish to hear when the link is done with
+   * `payload` (a pooled read buffer goes back to its pool then). The link
+   * calls it once, after the socket wrote the packet or when it never will.
+   */
+  whenWritten?: () => void;
 }
 export interface CsumRsRequestPacket {
   kind: 'csum-rs-request';
@@ -264,6 +277,33 @@ export interface PingPacket {
 export interface PingAckPacket {
   kind: 'ping-ack';
 }
+// --- two-phase commit of cluster-wide changes ------------------------------------------
+
+export interface TwopcPreparePacket {
+  kind: 'twopc-prepare';
+  /** Chosen by the initiator; echoed in every later packet of the change. */
+  txId: number;
+  change: TwopcChange;
+  initiatorNodeId: number;
+}
+export interface TwopcReplyPacket {
+  kind: 'twopc-reply';
+  txId: number;
+  yes: boolean;
+  /** 'none' when yes. */
+  reason: TwopcRefusal;
+  /** The Primary the replier knows of (itself or another), or NO_NODE. */
+  primaryNodeId: number;
+}
+export interface TwopcCommitPacket {
+  kind: 'twopc-commit';
+  txId: number;
+}
+export interface TwopcAbortPacket {
+  kind: 'twopc-abort';
+  txId: number;
+}
+
 export interface DisconnectPacket {
   kind: 'disconnect';
   /** Why the sender is leaving, for the receiver's log. UTF-8, at most 255 bytes. */
@@ -308,6 +348,10 @@ export type Packet =
   | NegDataReplyPacket
   | PingPacket
   | PingAckPacket
+  | TwopcPreparePacket
+  | TwopcReplyPacket
+  | TwopcCommitPacket
+  | TwopcAbortPacket
   | DisconnectPacket;
 
 export type PacketKind = Packet['kind'];
@@ -400,6 +444,12 @@ export const PACKET_SPECS: readonly PacketSpec[] = [
 
   spec('ping', PacketType.PING, 'meta', 'fixed', 0),
   spec('ping-ack', PacketType.PING_ACK, 'meta', 'fixed', 0),
+  // txId 8, change 1, initiator 1
+  spec('twopc-prepare', PacketType.TWOPC_PREPARE, 'meta', 'fixed', 10),
+  // txId 8, yes 1, reason 1, primaryNodeId 1
+  spec('twopc-reply', PacketType.TWOPC_REPLY, 'meta', 'fixed', 11),
+  spec('twopc-commit', PacketType.TWOPC_COMMIT, 'meta', 'fixed', 8),
+  spec('twopc-abort', PacketType.TWOPC_ABORT, 'meta', 'fixed', 8),
   // reason len 1 + reason
   spec('disconnect', PacketType.DISCONNECT, 'both', 'variable', 1, 1 + 255),
 ];
