@@ -49,6 +49,9 @@ import {
   type WireRole,
 } from './wire/index.js';
 
+/** Epochs of a Primary's writes a Secondary remembers while waiting for PEERS_IN_SYNC. */
+const MAX_UNCONFIRMED_EPOCHS = 256;
+
 /** After an orderly "renegotiate" the dialer reconnects at once, not after connect-int. */
 export const RENEGOTIATE_PREFIX = 'renegotiate: ';
 /** A node going down says so: its peers do not count it against quorum while it is away. */
@@ -62,9 +65,16 @@ export interface TwopcAnswer {
   primaryNodeId: number;
 }
 
+/** After a Primary was lost: which node, and the last of its writes a survivor applied. */
+export interface LostPrimaryProgress {
+  /** NO_NODE when no Primary was lost. */
+  nodeId: number;
+  lastSeq: number;
+}
+
 /** The resource's side of a two-phase change that a peer initiated. */
 export interface TwopcParticipant {
-  prepare(fromNodeId: number, txId: number, change: TwopcChange): TwopcAnswer;
+  prepare(fromNodeId: number, txId: number, change: TwopcChange, progress: LostPrimaryProgress): TwopcAnswer;
   commit(fromNodeId: number, txId: number): void;
   abort(fromNodeId: number, txId: number | null): void;
 }
@@ -74,7 +84,8 @@ export interface PeerHooks {
   /** The connection came up or went down, or the peer's role or disk changed. */
   changed(): void;
   /** The session ended: was the peer Primary, and did it say it was leaving? */
-  lost(info: { wasPrimary: boolean; graceful: boolean; reason: string }): void;
+  /** lastSeq: the last write sequence applied from this peer in the session (0: none). */
+  lost(info: { wasPrimary: boolean; graceful: boolean; reason: string; lastSeq: number }): void;
   /** A split brain no policy resolved (the split-brain handler's moment). */
   splitBrain?(detail: string): void;
   twopc: TwopcParticipant;
@@ -129,6 +140,14 @@ interface Session {
   replicating: boolean;
   peerUuids: UuidsPacket | null;
   barrierWaiters: Map<number, Array<(o: PeerOutcome) => void>>;
+  /** Highest write sequence applied from the peer in this session. */
+  lastSeqApplied: number;
+  /**
+   * Blocks written by the peer (a Primary) per epoch, not yet confirmed on
+   * every data node: they stay marked for the other Secondaries until the
+   * Primary's PEERS_IN_SYNC for that epoch.
+   */
+  unconfirmed: Map<number, Array<{ offset: number; length: number }>>;
   /** Our two-phase changes waiting for this peer's answer: txId -> waiter. */
   twopcWaiters: Map<number, (a: TwopcAnswer | null) => void>;
   /** Our reads served by the peer (we are diskless): id -> waiter. */
@@ -216,6 +235,7 @@ export class Peer {
   /** To StandAlone: the session ends and nobody redials until `connect`. */
   async disconnect(reason = 'disconnect requested'): Promise<void> {
     this.clearDial();
+    this.discardMyData = false;
     for (const h of this.halfOpen.values()) {
       clearTimeout(h.timer);
       h.ch.close(reason);
@@ -246,6 +266,7 @@ export class Peer {
     if (from !== to) {
       this.log.info({ from, to }, 'replication state');
       this.o.onEvent?.({ type: 'replication', from, to });
+      this.o.hooks?.changed();
     }
   }
 
@@ -372,6 +393,8 @@ export class Peer {
       peerUuids: null,
       barrierWaiters: new Map(),
       twopcWaiters: new Map(),
+      lastSeqApplied: 0,
+      unconfirmed: new Map(),
       remoteReads: new Map(),
       pingTimer: null,
       pingDeadline: null,
@@ -385,6 +408,8 @@ export class Peer {
     meta.setIntegrity(integrity);
     data.onClose((r) => void this.endSession(s, r));
     meta.onClose((r) => void this.endSession(s, r));
+    // A channel that was already closed ended the session just now.
+    if (s.closed) return;
     this.leftGracefully = false;
     this.setConnection('Connected');
     this.lastError = null;
@@ -396,6 +421,16 @@ export class Peer {
     try {
       const waiter = new PacketWaiter(data);
       const theirs = await exchangeFacts(data, waiter, this.ownFacts(), this.o.net.timeoutMs);
+      if (port.role() === 'Primary' && theirs.state.role === 'Primary') {
+        // Two Primaries never go on with writes frozen. One that lost quorum
+        // (its I/O held) yields to the other and comes back as a Secondary
+        // that discards what never reached a quorum.
+        resume();
+        if (await port.stepDownIfOutvoted(theirs.state.role)) {
+          this.discardMyData = true;
+          throw new Error(`${RENEGOTIATE_PREFIX}stepped down for ${this.name}, which became Primary while this node had no quorum`);
+        }
+      }
       decision = this.decide(theirs);
       s.peerUuids = theirs.uuids;
       this.peerRole = theirs.state.role;
@@ -658,16 +693,20 @@ export class Peer {
     s.data.close(reason);
     s.meta.close(reason);
     this.log.info({ reason }, 'session ended');
-    await this.o.port.peerLost(this.nodeId, wasReplicating).catch((e: unknown) => this.log.error({ err: e }, 'recording the lost peer failed'));
-    lost.release();
     if (this.replication !== 'Off') this.setReplication('Off');
     const wasPrimary = this.peerRole === 'Primary';
     this.leftGracefully = reason.includes(LEAVING_PREFIX);
     this.peerRole = 'Unknown';
     this.peerDisk = 'DUnknown';
     this.o.hooks?.twopc.abort(this.nodeId, null);
+    // Quorum is recounted here (the hooks), before any write that waited
+    // for this peer may complete: a Primary that lost quorum with it holds
+    // or fails those writes instead of acknowledging them (G4).
     if (this.connection === 'Connected') this.setConnection('Connecting');
-    this.o.hooks?.lost({ wasPrimary, graceful: this.leftGracefully, reason });
+    await this.o.port.peerLost(this.nodeId, wasReplicating).catch((e: unknown) => this.log.error({ err: e }, 'recording the lost peer failed'));
+    if (this.connection === 'Connected' && this.session === null) this.setConnection('Connecting');
+    this.o.hooks?.lost({ wasPrimary, graceful: this.leftGracefully, reason, lastSeq: s.lastSeqApplied });
+    lost.release();
     if (this.connection === 'Connecting' && this.dials) {
       this.scheduleDial(reason.startsWith(RENEGOTIATE_PREFIX) || reason.includes(RENEGOTIATE_PREFIX) ? 0 : this.o.net.connectIntMs);
     }
@@ -684,6 +723,11 @@ export class Peer {
 
   private onData(s: Session, p: Packet): void {
     s.lastHeardMs = Date.now();
+    if (p.kind === 'data' || p.kind === 'zeroes' || p.kind === 'trim') this.notePrimaryWrite(s, p.seq, p.epoch, p.offset, p.kind === 'data' ? p.payload.length : p.length);
+    else if (p.kind === 'peers-in-sync') {
+      this.peersInSyncReceived(s, p.epoch);
+      return;
+    }
     if (s.receiver?.handle(p)) return;
     if (s.source?.handle(p)) return;
     if (s.target?.handle(p)) return;
@@ -768,7 +812,8 @@ export class Peer {
         return;
       case 'twopc-prepare': {
         const hooks = this.o.hooks;
-        const a: TwopcAnswer = hooks ? hooks.twopc.prepare(this.nodeId, p.txId, p.change) : { yes: false, reason: 'not-allowed', primaryNodeId: NO_NODE };
+        const progress = { nodeId: p.lostPrimaryNodeId, lastSeq: p.lastSeq };
+        const a: TwopcAnswer = hooks ? hooks.twopc.prepare(this.nodeId, p.txId, p.change, progress) : { yes: false, reason: 'not-allowed', primaryNodeId: NO_NODE };
         this.send(s, { kind: 'twopc-reply', txId: p.txId, ...a });
         return;
       }
@@ -1044,7 +1089,7 @@ export class Peer {
    * phase). Null when the session ended or the peer did not answer in time:
    * the caller treats that as "not agreed".
    */
-  twopcPrepare(txId: number, change: TwopcChange, timeoutMs: number): Promise<TwopcAnswer | null> {
+  twopcPrepare(txId: number, change: TwopcChange, timeoutMs: number, progress: LostPrimaryProgress): Promise<TwopcAnswer | null> {
     const s = this.session;
     if (!s || s.closed) return Promise.resolve(null);
     return new Promise((resolve) => {
@@ -1057,7 +1102,7 @@ export class Peer {
         clearTimeout(timer);
         resolve(a);
       });
-      this.send(s, { kind: 'twopc-prepare', txId, change, initiatorNodeId: this.o.self.nodeId });
+      this.send(s, { kind: 'twopc-prepare', txId, change, initiatorNodeId: this.o.self.nodeId, lostPrimaryNodeId: progress.nodeId, lastSeq: progress.lastSeq });
     });
   }
 
@@ -1065,6 +1110,49 @@ export class Peer {
   twopcFinish(txId: number, commit: boolean): void {
     const s = this.session;
     if (s && !s.closed) this.send(s, { kind: commit ? 'twopc-commit' : 'twopc-abort', txId });
+  }
+
+  /**
+   * A write from the peer (our Primary) arrives. Until the Primary confirms
+   * the epoch reached every data node, the blocks may differ between us and
+   * the other Secondaries: if the Primary is lost, they resync among
+   * themselves from the newest survivor (the marks say which blocks).
+   */
+  private notePrimaryWrite(s: Session, seq: number, epoch: number, offset: number, length: number): void {
+    if (seq > s.lastSeqApplied) s.lastSeqApplied = seq;
+    const others = this.o.port.otherDataPeers(this.nodeId);
+    if (others.length === 0 || length === 0) return;
+    for (const id of others) this.o.port.bitmapFor(id)?.setRange(offset, length);
+    let list = s.unconfirmed.get(epoch);
+    if (!list) {
+      list = [];
+      s.unconfirmed.set(epoch, list);
+      // A Primary that never confirms (a data node is away) must not grow
+      // this without bound; dropping the oldest keeps its marks set, which
+      // only means more to resync later.
+      if (s.unconfirmed.size > MAX_UNCONFIRMED_EPOCHS) s.unconfirmed.delete(s.unconfirmed.keys().next().value!);
+    }
+    list.push({ offset, length });
+  }
+
+  private peersInSyncReceived(s: Session, epoch: number): void {
+    const others = this.o.port.otherDataPeers(this.nodeId);
+    // Only that epoch: an earlier one the Primary never confirmed (a data
+    // node was away then) keeps its marks.
+    for (const [e, ranges] of s.unconfirmed) {
+      if (e !== epoch) continue;
+      s.unconfirmed.delete(e);
+      for (const id of others) {
+        const bm = this.o.port.bitmapFor(id);
+        if (bm) for (const r of ranges) bm.clearRange(r.offset, r.length);
+      }
+    }
+  }
+
+  /** As Primary: every data node has every write up to this epoch. */
+  peersInSync(epoch: number): void {
+    const s = this.session;
+    if (s && !s.closed && s.replicating) this.send(s, { kind: 'peers-in-sync', epoch });
   }
 
   /** Tell the peer our role/disk changed (it shows them in its status). */

@@ -50,6 +50,15 @@ export interface ReplicaPort {
   exportSize(): number;
   /** The handshake with the peer agreed on this data size (the smaller disk). */
   sizeAgreed(peerNodeId: number, bytes: number): void;
+  /** The data nodes (with a bitmap here) other than this one and `exceptNodeId`. */
+  otherDataPeers(exceptNodeId: number): number[];
+  /**
+   * This node is Primary without quorum and I/O is held: at reconnect to a
+   * node that is Primary, it steps down and yields its unacknowledged
+   * changes (they never reached a quorum, so no client was told they are
+   * safe). Returns false when that does not apply.
+   */
+  stepDownIfOutvoted(peerRole: WireRole): Promise<boolean>;
   /** Persist the bitmap of this peer (dirty pages only). */
   saveBitmap(peerNodeId: number): Promise<void>;
 }

@@ -43,6 +43,13 @@ export interface ReplicatorOptions {
   /** Flushes the local store (coalesced by the caller). */
   flushLocal: () => Promise<void>;
   intent: WriteIntent | null;
+  /**
+   * A write some peer did not confirm completes only through this: null to
+   * go on, a promise to wait for (I/O suspended), or a rejection (the write
+   * fails). A Primary without quorum must not tell a client such a write
+   * is safe.
+   */
+  degradedGate?: () => Promise<void> | null;
   log: Logger;
 }
 
@@ -56,6 +63,8 @@ export class Replicator {
   private seq = 0;
   private epoch = 1;
   private epochWrites = 0;
+  /** Every write of the current epoch went to every data peer (none was away). */
+  private epochOnAllPeers = true;
   private epochTimer: NodeJS.Timeout | null = null;
   private inFlight = 0;
   private frozen: Promise<void> | null = null;
@@ -121,6 +130,7 @@ export class Replicator {
   ): Promise<void> {
     while (this.frozen) await this.frozen;
     this.inFlight++;
+    let degraded = false;
     try {
       const release = await this.o.writeLock.acquire(offset, length);
       const store = this.o.store();
@@ -156,7 +166,10 @@ export class Replicator {
       if (fua && store) await this.o.flushLocal();
       if (waits.length > 0) {
         const outcomes = await Promise.all(waits);
-        if (outcomes.some((o) => o !== 'ok')) this.counters.degradedWrites++;
+        if (outcomes.some((o) => o !== 'ok')) {
+          this.counters.degradedWrites++;
+          degraded = true;
+        }
       }
       this.counters.writes++;
       this.epochProgress();
@@ -164,14 +177,23 @@ export class Replicator {
       this.inFlight--;
       if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
     }
+    // Outside the in-flight count: a write held here is already marked for
+    // every peer that lacks it, so a handshake (which freezes writes and
+    // waits for those in flight) can go on while it waits.
+    if (degraded) {
+      const gate = this.o.degradedGate?.();
+      if (gate) await gate;
+    }
   }
 
   /** Queue the write to every replicating peer; mark it for the others. */
   private send(w: ReplicatedWrite, haveBitmaps: boolean): Array<Promise<PeerOutcome>> {
     const waits: Array<Promise<PeerOutcome>> = [];
     for (const peer of this.o.peers()) {
+      if (peer.peerIsWitness) continue;
       const p = peer.replicate(w);
       if (p === null) {
+        this.epochOnAllPeers = false;
         if (haveBitmaps) this.o.bitmapFor(peer.nodeId)?.setRange(w.offset, w.length);
         this.counters.degradedWrites++;
       } else {
@@ -198,15 +220,26 @@ export class Replicator {
   /** Close the current epoch; the answers of the peers that take replication. */
   private closeEpoch(): Array<Promise<PeerOutcome>> {
     const epoch = this.epoch;
+    const hadWrites = this.epochWrites > 0;
+    const onAll = this.epochOnAllPeers;
     this.epoch++;
     this.epochWrites = 0;
+    this.epochOnAllPeers = true;
     this.counters.epochs++;
     if (this.epochTimer) clearTimeout(this.epochTimer);
     this.epochTimer = null;
     const waits: Array<Promise<PeerOutcome>> = [];
-    for (const peer of this.o.peers()) {
+    const dataPeers = this.o.peers().filter((p) => !p.peerIsWitness);
+    for (const peer of dataPeers) {
       const p = peer.barrier(epoch);
       if (p !== null) waits.push(p);
+    }
+    // Two or more Secondaries mark each other's blocks until they hear that
+    // an epoch is on every data node (PEERS_IN_SYNC).
+    if (hadWrites && onAll && dataPeers.length >= 2 && waits.length === dataPeers.length) {
+      void Promise.all(waits).then((outcomes) => {
+        if (outcomes.every((o) => o === 'ok')) for (const peer of dataPeers) peer.peersInSync(epoch);
+      });
     }
     return waits;
   }

@@ -12,7 +12,7 @@ import { MirrorError } from '../errors.js';
 import { formatUuid, newUuid } from '../meta/index.js';
 import type { ListenerPolicy } from '../nbd/export.js';
 import type { NbdListener, NbdServer } from '../nbd/server.js';
-import { LEAVING_PREFIX, Peer, type TwopcAnswer } from '../replication/peer.js';
+import { LEAVING_PREFIX, Peer, RENEGOTIATE_PREFIX, type LostPrimaryProgress, type TwopcAnswer } from '../replication/peer.js';
 import { NO_NODE, type TwopcChange } from '../replication/wire/index.js';
 import { chooseCandidate, type CandidateChoice, type NodeView } from '../roles/candidates.js';
 import type { HandlerName } from '../config/schema.js';
@@ -76,12 +76,21 @@ export class Resource {
   /** A peer's promotion this node said yes to (two-phase commit). */
   private readonly twopc: TwopcLock;
   private quorum: QuorumResult = { have: true, votes: 1, needed: 0, voters: 1, reason: 'quorum off' };
+  /**
+   * `primary --force` without quorum: the operator vouches for this node; it
+   * serves as if it had quorum until a real one forms or it is demoted.
+   */
+  private quorumForced = false;
   private readonly suspension = new IoSuspension();
   /** The Primary was lost without saying goodbye: the survivors may fail over. */
   private failoverWanted = false;
   private failoverTimer: NodeJS.Timeout | null = null;
   private failoverDeadlineMs = 0;
   private lastChoice: CandidateChoice | null = null;
+  /** The Primary this node lost, and the last of its writes applied here (failover picks the newest survivor). */
+  private lostPrimary: LostPrimaryProgress = { nodeId: NO_NODE, lastSeq: 0 };
+  /** A peer refused our promotion because this node holds later writes of the lost Primary: promote ahead of the order. */
+  private newestSurvivor = false;
   private readonly handlers: HandlerRunner;
 
   constructor(
@@ -112,7 +121,7 @@ export class Resource {
     });
     if (r.ran) {
       const ok = r.exitCode === 0 && !r.timedOut;
-      this.log[ok ? 'info' : 'warn']({ handler, peer: r.peer, exitCode: r.exitCode, timedOut: r.timedOut, ms: r.ms, output: r.output.slice(-512) }, `handler ${handler} ran`);
+      this.log[ok ? 'info' : 'warn']({ handler, peer: r.peer, exitCode: r.exitCode, timedOut: r.timedOut, ms: r.ms, output: r.output }, `handler ${handler} ran`);
     }
     return r;
   }
@@ -184,6 +193,7 @@ export class Resource {
           beginWrite: (offset, length) => this.replica?.al.beginWrite(offset, length) ?? Promise.resolve(),
           endWrite: (offset, length) => this.replica?.al.endWrite(offset, length),
         },
+        degradedGate: () => this.degradedGate(),
         log: this.log,
       });
       this.exp = new LocalExport(
@@ -206,6 +216,26 @@ export class Resource {
     }
     this.setDisk(diskStateFromFlags(readMdFlags(replica.superblock)), 'metadata flags at attach');
     this.log.info({ disk: this.disk, sizeBytes: replica.store.size }, 'disk attached');
+  }
+
+  /**
+   * A write some peer did not confirm (it was lost meanwhile). With quorum
+   * it completes; without, it waits for quorum (suspend-io) or fails
+   * (io-error) — and fails after all if this node stepped down meanwhile,
+   * because then it never reached a quorum and is discarded.
+   */
+  private degradedGate(): Promise<void> | null {
+    if (this.quorum.have) return null;
+    const failed = (message: string, errno: string): Error => Object.assign(new Error(message), { errno });
+    if (this.config.options.onNoQuorum === 'io-error') {
+      return Promise.reject(failed(`${this.name}: no quorum on ${this.local.name}; the write reached no quorum (on-no-quorum io-error)`, 'EIO'));
+    }
+    const held = this.suspension.wait() ?? Promise.resolve();
+    return held.then(() => {
+      if (visibleRole(this.role) !== 'Primary' || !this.quorum.have) {
+        throw failed(`${this.name}: ${this.local.name} stepped down before the write reached a quorum`, 'ESHUTDOWN');
+      }
+    });
   }
 
   private bitmapOf(peerNodeId: number) {
@@ -321,6 +351,16 @@ export class Resource {
       },
       diskFailed: (op, e) => this.ioFailed(`replicated ${op}`, e),
       saveBitmap: (id) => replica().saveBitmap(id),
+      otherDataPeers: (except) =>
+        this.config.nodes
+          .filter((n) => n.disk !== null && n.nodeId !== this.local.nodeId && n.nodeId !== except && this.bitmapOf(n.nodeId) !== null)
+          .map((n) => n.nodeId),
+      stepDownIfOutvoted: async (peerRole) => {
+        if (peerRole !== 'Primary' || visibleRole(this.role) !== 'Primary' || this.quorum.have) return false;
+        this.log.warn('this Primary lost quorum and the peer is Primary: stepping down, yielding the writes that never reached a quorum');
+        await this.secondary(true, 'outvoted: another node became Primary while this one had no quorum');
+        return true;
+      },
       exportSize: () => this.exportSize(),
       sizeAgreed: (id, bytes) => {
         this.agreedSizes.set(id, bytes);
@@ -376,7 +416,7 @@ export class Resource {
             lost: (info) => this.peerGone(n.nodeId, n.name, info),
             splitBrain: () => void this.runHandler('split-brain', n.nodeId),
             twopc: {
-              prepare: (from, txId, change) => this.twopcPrepare(from, txId, change),
+              prepare: (from, txId, change, progress) => this.twopcPrepare(from, txId, change, progress),
               commit: (from, txId) => this.twopcDone(from, txId, true),
               abort: (from, txId) => this.twopcDone(from, txId, false),
             },
@@ -444,15 +484,19 @@ export class Resource {
       setting: this.config.options.quorum,
       selfId: this.local.nodeId,
       nodes: this.config.nodes.map((n) => ({ nodeId: n.nodeId, diskless: n.disk === null })),
-      reachable: peers.filter((p) => p.status().connection === 'Connected').map((p) => p.nodeId),
+      // A peer counts once its handshake is done: a node that returns is
+      // not a vote before both sides agreed how their data relates.
+      reachable: peers.filter((p) => p.status().connection === 'Connected' && p.status().replication !== 'Off').map((p) => p.nodeId),
       leftGracefully: peers.filter((p) => p.status().leftGracefully).map((p) => p.nodeId),
       hadQuorum: before.have,
     });
     if (before.have !== this.quorum.have) {
       this.log[this.quorum.have ? 'info' : 'warn']({ reason: this.quorum.reason }, this.quorum.have ? 'quorum regained' : 'quorum lost');
       this.emit({ type: 'quorum', have: this.quorum.have, votes: this.quorum.votes, needed: this.quorum.needed, reason: this.quorum.reason });
-      if (!this.quorum.have) void this.runHandler('quorum-lost');
+      if (!this.quorum.have && visibleRole(this.role) === 'Primary') void this.runHandler('quorum-lost');
     }
+    if (this.quorum.have || visibleRole(this.role) !== 'Primary') this.quorumForced = false;
+    if (this.quorumForced) this.quorum = { ...this.quorum, have: true, reason: `${this.quorum.reason}; forced by primary --force` };
     if (this.quorum.have) this.suspension.resume('no quorum');
     else if (visibleRole(this.role) === 'Primary' && this.config.options.onNoQuorum === 'suspend-io') this.suspension.suspend('no quorum');
     if (peers.some((p) => p.status().connection === 'Connected' && p.status().role === 'Primary')) {
@@ -463,7 +507,17 @@ export class Resource {
   }
 
   /** A peer's session ended. A Primary that vanished without a goodbye may be failed over. */
-  private peerGone(peerNodeId: number, peer: string, info: { wasPrimary: boolean; graceful: boolean; reason: string }): void {
+  private peerGone(peerNodeId: number, peer: string, info: { wasPrimary: boolean; graceful: boolean; reason: string; lastSeq: number }): void {
+    // A session dropped to decide again (invalidate, attach, a new
+    // generation) is back at once: not a lost peer to fence or fail over.
+    if (info.reason.includes(RENEGOTIATE_PREFIX)) {
+      this.clusterChanged();
+      return;
+    }
+    if (info.wasPrimary) {
+      this.lostPrimary = { nodeId: peerNodeId, lastSeq: info.lastSeq };
+      this.newestSurvivor = false;
+    }
     if (!info.graceful && visibleRole(this.role) === 'Primary' && this.config.net.fencing !== 'dont-care' && this.config.nodes.find((n) => n.nodeId === peerNodeId)?.disk !== null) {
       void this.fencePeer(peerNodeId, peer);
     }
@@ -487,7 +541,8 @@ export class Resource {
    */
   private async fencePeer(peerNodeId: number, peer: string): Promise<boolean> {
     const reason = `fencing ${peer}`;
-    const stonith = this.config.net.fencing === 'resource-and-stonith';
+    // Only a Primary has I/O to hold; a node about to be promoted waits anyway.
+    const stonith = this.config.net.fencing === 'resource-and-stonith' && visibleRole(this.role) === 'Primary';
     if (stonith) this.suspension.suspend(reason);
     const r = await this.runHandler('fence-peer', peerNodeId);
     const outcome = r.ran ? fencePeerOutcome(r.timedOut ? null : r.exitCode) : 'failed';
@@ -508,7 +563,7 @@ export class Resource {
   /** `outdate`: this node's data may not be promoted without --force (what a fence-peer handler calls). */
   async outdate(): Promise<void> {
     const replica = this.requireReplica();
-    if (visibleRole(this.role) === 'Primary') throw new MirrorError('ERR_ROLE', `${this.name} is Primary on ${this.local.name}; it cannot be outdated`);
+    if (this.role !== 'Secondary') throw new MirrorError('ERR_ROLE', `${this.name} is ${this.role} on ${this.local.name}; only a Secondary can be outdated`);
     if (this.disk !== 'UpToDate' && this.disk !== 'Consistent') return;
     await replica.change({ consistent: true, wasUpToDate: false });
     this.setDisk('Outdated', 'outdate');
@@ -551,7 +606,8 @@ export class Resource {
     if (!this.failoverWanted || this.role !== 'Secondary') return;
     const choice = chooseCandidate({ selfId: this.local.nodeId, nodes: this.nodeViews() });
     this.lastChoice = choice;
-    if (!choice.promoteSelf || !this.quorum.have) {
+    const first = choice.promoteSelf || (this.newestSurvivor && choice.primary === null && this.disk === 'UpToDate');
+    if (!first || !this.quorum.have) {
       if (Date.now() < this.failoverDeadlineMs) this.scheduleFailover(FAILOVER_RETRY_MS);
       return;
     }
@@ -593,6 +649,10 @@ export class Resource {
         needed: this.quorum.needed,
       });
     }
+    if (!this.quorum.have) {
+      this.log.warn({ quorum: this.quorum.reason }, 'forced promotion without quorum: serving as if quorum were held until a real one forms');
+      this.quorumForced = true;
+    }
     this.setRole('Promoting', reason);
     try {
       await this.fenceUnreachablePeers(force);
@@ -609,6 +669,8 @@ export class Resource {
     }
     this.setRole('Primary', reason);
     this.failoverWanted = false;
+    this.newestSurvivor = false;
+    this.lostPrimary = { nodeId: NO_NODE, lastSeq: 0 };
     this.cancelFailover();
     for (const p of this.peers.values()) p.announceState();
     this.log.info({ force, reason }, 'role changed to Primary');
@@ -622,7 +684,8 @@ export class Resource {
    */
   private async fenceUnreachablePeers(force: boolean): Promise<void> {
     if (this.config.net.fencing === 'dont-care') return;
-    const unreachable = [...this.peers.values()].filter((p) => !p.peerIsWitness && p.status().connection !== 'Connected');
+    // A peer that went down cleanly said goodbye: it is not Primary anywhere.
+    const unreachable = [...this.peers.values()].filter((p) => !p.peerIsWitness && p.status().connection !== 'Connected' && !p.status().leftGracefully);
     for (const p of unreachable) {
       if (force) {
         this.log.warn({ peer: p.name }, 'forced promotion without fencing the unreachable peer');
@@ -655,7 +718,7 @@ export class Resource {
     const peers = this.connectedPeers();
     if (peers.length === 0) return;
     const txId = randomInt(1, 2 ** 47);
-    const answers = await Promise.all(peers.map((p) => p.twopcPrepare(txId, change, this.config.options.twopcTimeoutMs)));
+    const answers = await Promise.all(peers.map((p) => p.twopcPrepare(txId, change, this.config.options.twopcTimeoutMs, this.lostPrimary)));
     const refused = answers.findIndex((a) => a === null || !a.yes);
     for (const p of peers) p.twopcFinish(txId, refused < 0);
     this.emit({ type: 'twopc', change, txId, committed: refused < 0, peers: peers.map((p) => p.name) });
@@ -670,6 +733,9 @@ export class Resource {
       throw new MirrorError('ERR_TWO_PRIMARIES', `${this.name}: ${primary} is Primary (said ${peer.name}); demote it first`, { primary });
     }
     if (a.reason === 'busy') throw new MirrorError('ERR_BUSY', `${this.name}: ${peer.name} is busy with another promotion; try again`, { peer: peer.name });
+    if (a.reason === 'newer-data') {
+      throw new MirrorError('ERR_NOT_UP_TO_DATE', `${this.name}: ${peer.name} holds later writes of the lost Primary; it should be promoted instead`, { peer: peer.name });
+    }
     throw new MirrorError('ERR_ROLE', `${this.name}: ${peer.name} refused the promotion`, { peer: peer.name });
   }
 
@@ -685,6 +751,14 @@ export class Resource {
       await replica.change({ consistent: true, wasUpToDate: true, newCurrentUuid: newUuid() });
     } else if (replica.superblock.currentUuid === 0n) {
       await replica.change({ newCurrentUuid: newUuid() });
+    } else if (this.lostPrimary.nodeId !== NO_NODE) {
+      // Taking over from a lost Primary: the other survivors may lack some of
+      // its last writes that reached this node (marked until PEERS_IN_SYNC).
+      // A new generation with a bitmap UUID for every data peer makes each
+      // one resync those marks from here, not the whole disk.
+      const all = [...this.peers.values()].filter((p) => !p.peerIsWitness);
+      await replica.newGenerationFor(all.map((p) => p.nodeId), false);
+      for (const p of all) if (p.status().connection === 'Connected') void p.renegotiate('new Primary after failover');
     } else if (away.length > 0) {
       // Promoted without some peers: they will miss what comes.
       await replica.newGenerationFor(away, false);
@@ -702,7 +776,7 @@ export class Resource {
 
   // --- two-phase changes a peer initiates ------------------------------------------
 
-  private twopcPrepare(from: number, txId: number, change: TwopcChange): TwopcAnswer {
+  private twopcPrepare(from: number, txId: number, change: TwopcChange, progress: LostPrimaryProgress): TwopcAnswer {
     const no = (reason: TwopcAnswer['reason'], primaryNodeId = NO_NODE): TwopcAnswer => ({ yes: false, reason, primaryNodeId });
     if (change !== 'promote') return no('not-allowed');
     if (visibleRole(this.role) === 'Primary') return no('primary-exists', this.local.nodeId);
@@ -710,6 +784,18 @@ export class Resource {
     // A Primary the initiator may not see (another partition of the mesh).
     const other = this.connectedPeers().find((p) => p.nodeId !== from && p.status().role === 'Primary');
     if (other) return no('primary-exists', other.nodeId);
+    // Both survived the same Primary and this node applied later writes of
+    // it: the initiator lacks acknowledged data. This node should take over.
+    if (
+      this.disk === 'UpToDate' &&
+      this.lostPrimary.nodeId !== NO_NODE &&
+      this.lostPrimary.nodeId === progress.nodeId &&
+      this.lostPrimary.lastSeq > progress.lastSeq
+    ) {
+      this.newestSurvivor = true;
+      if (this.failoverWanted) this.scheduleFailover(0);
+      return no('newer-data');
+    }
     if (!this.twopc.take(from, txId)) return no('busy');
     return { yes: true, reason: 'none', primaryNodeId: NO_NODE };
   }

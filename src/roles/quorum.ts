@@ -6,8 +6,9 @@
  * The rule, after DRBD 9's quorum calculation:
  *
  *  - Voters are the nodes with a disk, minus those that left gracefully
- *    (`down`, `secondary` and a disconnect with a goodbye; a node that is
- *    reachable again votes again). This node always votes when it has a
+ *    (`down` or a stopping daemon, which says goodbye; an operator's
+ *    `disconnect` does not count as leaving; a node that is reachable
+ *    again votes again). This node always votes when it has a
  *    disk. Leaving gracefully is what lets the last node standing keep
  *    quorum: with three nodes, one goes down cleanly (2 voters, 2 needed),
  *    then another (1 voter, 1 needed).

@@ -9,7 +9,9 @@
  * packets of the stream's channel), then edited at the packet level (drop,
  * repeat, swap, a packet of the other channel, a second HELLO, a header
  * whose type, length or digest flag lies) and at the byte level. Oracles:
- * - random splits change nothing (packets and verdict);
+ * - random splits change nothing (packets and verdict); with
+ *   gatherPayloads, an RS_DATA_REPLY may come as pieces instead of one
+ *   payload, and the pieces hold the same bytes;
  * - the allocate hook never sees more than the length limit;
  * - the gate holds: the opening comes first and in order, handshake packets
  *   never after it, nothing after DISCONNECT, every established packet
@@ -92,7 +94,9 @@ function randomPacket(rng: Rng, kind: PacketKind, channel: Channel, maxPayload: 
     case 'decision':
       return { kind, strategy: rng.pick(SYNC_STRATEGIES), rule: rng.pick(SYNC_RULES) };
     case 'twopc-prepare':
-      return { kind, txId: u53(rng), change: rng.pick(TWOPC_CHANGES), initiatorNodeId: rng.int(32) };
+      return { kind, txId: u53(rng), change: rng.pick(TWOPC_CHANGES), initiatorNodeId: rng.int(32), lostPrimaryNodeId: rng.chance(0.3) ? 0xff : rng.int(32), lastSeq: u53(rng) };
+    case 'peers-in-sync':
+      return { kind, epoch: interestingU32(rng) };
     case 'twopc-reply': {
       const yes = rng.chance(0.5);
       return { kind, txId: u53(rng), yes, reason: yes ? 'none' : rng.pick(TWOPC_REFUSALS.slice(1)), primaryNodeId: rng.chance(0.3) ? 0xff : rng.int(32) };
@@ -158,7 +162,7 @@ function randomSetup(rng: Rng): Setup {
   const phase = rng.pick(['hello', 'hello', 'established'] as const);
   const opened = phase === 'hello' ? rng.pick(['from-hello', 'data', 'meta'] as const) : channel;
   const maxLength = rng.pick([DEFAULT_MAX_PACKET_LENGTH, 4096 + 28, 64 * 1024, rng.range(0, 2000)]);
-  return { options: { channel: opened, phase, integrity: rng.chance(0.4), maxLength }, channel };
+  return { options: { channel: opened, phase, integrity: rng.chance(0.4), maxLength, gatherPayloads: rng.chance(0.5) }, channel };
 }
 
 function randomStream(rng: Rng, setup: Setup): Buffer {
@@ -210,6 +214,13 @@ function randomStream(rng: Rng, setup: Setup): Buffer {
 
 /** Packets with Buffers as hex: comparable, and safe from later reuse of chunks. */
 function plain(p: Packet): Record<string, unknown> {
+  if (p.kind === 'rs-data-reply' && p.parts !== undefined) {
+    // Gathered: the same packet as one payload (splitting only moves where the pieces end).
+    check(p.payload.length === 0, 'a gathered rs-data-reply also has a payload');
+    check(p.parts.every((b) => b.length > 0), 'a gathered rs-data-reply has an empty piece');
+    const { parts, ...rest } = p;
+    return plain({ ...rest, payload: Buffer.concat(parts) });
+  }
   return Object.fromEntries(Object.entries(p).map(([k, v]) => [k, Buffer.isBuffer(v) ? `hex:${v.toString('hex')}` : Array.isArray(v) ? [...(v as unknown[])] : v]));
 }
 

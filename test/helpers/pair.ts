@@ -100,7 +100,9 @@ export async function makePair(opts: PairOptions = {}): Promise<Pair> {
         const pid = await n.daemonPid();
         if (pid !== null) await stopProcess(pid);
       }
-      await fsp.rm(dir, { recursive: true, force: true });
+      // MIRRORBD_KEEP_TEST_DIRS=1 keeps disks and daemon logs for a post-mortem.
+      if (process.env.MIRRORBD_KEEP_TEST_DIRS === '1') console.error(`kept ${dir}`);
+      else await fsp.rm(dir, { recursive: true, force: true });
     },
   };
 }

@@ -8,6 +8,8 @@ import {
   PacketDecoder,
   authPurpose,
   computeResponse,
+  PROTOCOL_VERSION_MAX,
+  PROTOCOL_VERSION_MIN,
   encodePacket,
   type HelloPacket,
   type Packet,
@@ -93,8 +95,8 @@ describe('channel opening: HELLO and HMAC authentication (G8)', () => {
   it('right secret: both sides are authenticated and agree on the session', async () => {
     const e = await open();
     const [d, a] = await Promise.all([e.dialed, e.accepted]);
-    expect(d).toEqual({ peerNodeId: 1, channel: 'data', sessionId: e.sessionId, version: 1, features: OWN_FEATURES });
-    expect(a).toEqual({ peerNodeId: 0, channel: 'data', sessionId: e.sessionId, version: 1, features: OWN_FEATURES });
+    expect(d).toEqual({ peerNodeId: 1, channel: 'data', sessionId: e.sessionId, version: PROTOCOL_VERSION_MAX, features: OWN_FEATURES });
+    expect(a).toEqual({ peerNodeId: 0, channel: 'data', sessionId: e.sessionId, version: PROTOCOL_VERSION_MAX, features: OWN_FEATURES });
     expect(e.acceptor.channel).toBe('data');
     expect(e.dialer.isClosed).toBe(false);
     expect(e.acceptor.isClosed).toBe(false);
@@ -193,8 +195,8 @@ describe('channel opening: raw bytes from a stranger', () => {
 
   const hello = (sessionId: bigint): HelloPacket => ({
     kind: 'hello',
-    protocolMin: 1,
-    protocolMax: 1,
+    protocolMin: PROTOCOL_VERSION_MIN,
+    protocolMax: PROTOCOL_VERSION_MAX,
     features: OWN_FEATURES,
     sessionId,
     nodeId: 0,

@@ -61,6 +61,13 @@ class FakePeer {
     this.outOfSync.push([offset, length]);
   }
 
+  readonly peerIsWitness = false;
+  readonly inSync: number[] = [];
+
+  peersInSync(epoch: number): void {
+    this.inSync.push(epoch);
+  }
+
   answer(seq: number, outcome: PeerOutcome = 'ok'): void {
     this.pending.get(seq)!.resolve(outcome);
   }

@@ -582,3 +582,34 @@ describe('resync: bounded work in flight and pooled source buffers', () => {
     source.stop();
   });
 });
+
+describe('resync: data that arrived in pieces', () => {
+  it('a reply whose payload is pieces is written as one range (writev) and acknowledged', async () => {
+    const r = await rig({ size: 256 * KiB, marks: [[4, 8]] });
+    const deliver = r.toTarget.deliver;
+    r.toTarget.deliver = (p) => {
+      if (p.kind === 'rs-data-reply' && p.payload.length > 1) {
+        const b = p.payload;
+        deliver({ ...p, payload: Buffer.alloc(0), parts: [b.subarray(0, 1), b.subarray(1, 5000), b.subarray(5000)] });
+        return;
+      }
+      deliver(p);
+    };
+    r.target.start();
+    await r.targetDone;
+    expect(r.failures).toEqual([]);
+    expect(blockOf(await image(r.dst), 4).equals(blockOf(await image(r.src), 4))).toBe(true);
+    expect((await image(r.dst)).subarray(4 * BLOCK, 12 * BLOCK).equals((await image(r.src)).subarray(4 * BLOCK, 12 * BLOCK))).toBe(true);
+    expect(r.dstBitmap.countSet()).toBe(0);
+  });
+
+  it('pieces that do not add up to the request fail the resync', async () => {
+    const r = await rig({ size: 64 * KiB, marks: [] });
+    r.dstBitmap.setBlocks(1, 1);
+    r.toSource.deliver = () => undefined; // the test answers instead of the source
+    r.target.start();
+    r.target.handle({ kind: 'rs-data-reply', id: 1, offset: BLOCK, payload: Buffer.alloc(0), parts: [Buffer.alloc(100), Buffer.alloc(100)] });
+    expect(r.failures[0]).toMatch(/unexpected RS_DATA_REPLY id 1/);
+    expect(r.dst.count('write')).toBe(0);
+  });
+});

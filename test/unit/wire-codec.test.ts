@@ -66,7 +66,8 @@ const SAMPLES: Packet[] = [
   { kind: 'ping' },
   { kind: 'ping-ack' },
   { kind: 'disconnect', reason: 'shutting down — bye' },
-  { kind: 'twopc-prepare', txId: 2 ** 53 - 1, change: 'promote', initiatorNodeId: 31 },
+  { kind: 'twopc-prepare', txId: 2 ** 53 - 1, change: 'promote', initiatorNodeId: 31, lostPrimaryNodeId: 0, lastSeq: 2 ** 53 - 1 },
+  { kind: 'peers-in-sync', epoch: 0xffffffff },
   { kind: 'twopc-reply', txId: 7, yes: false, reason: 'primary-exists', primaryNodeId: 2 },
   { kind: 'twopc-commit', txId: 7 },
   { kind: 'twopc-abort', txId: 8 },
@@ -81,6 +82,7 @@ const EDGE_SAMPLES: Packet[] = [
   { kind: 'hello', protocolMin: 0, protocolMax: 0, features: 0, sessionId: 0n, nodeId: 0, channel: 'data', resource: 'x'.repeat(255) },
   { kind: 'disconnect', reason: '' },
   { kind: 'twopc-reply', txId: 0, yes: true, reason: 'none', primaryNodeId: 0xff },
+  { kind: 'twopc-prepare', txId: 0, change: 'promote', initiatorNodeId: 0, lostPrimaryNodeId: 0xff, lastSeq: 0 },
   { kind: 'params', protocol: 'C', flags: 0, csumsAlg: 'a'.repeat(63), verifyAlg: 'b'.repeat(63) },
 ];
 
@@ -489,5 +491,85 @@ describe('peer packet codec: fuzz', () => {
     console.log(`peer packet decoder fuzz: ${INPUTS} inputs, ${decoded} packets decoded, ${violations} violations, 0 throws`);
     expect(violations).toBeGreaterThan(INPUTS / 2);
     expect(seen.size).toBe(PACKET_SPECS.length);
+  });
+});
+
+describe('peer packet codec: gathered resync payloads (gatherPayloads)', () => {
+  const reply: Packet = { kind: 'rs-data-reply', id: 2 ** 40 + 3, offset: 2 ** 33, payload: bytes(3000, 9) };
+  const around: Packet[] = [{ kind: 'rs-write-ack', id: 1 }, reply, { kind: 'sync-done' }, { ...reply, id: 4, payload: Buffer.alloc(0) }];
+
+  /** The packet as if its payload had come whole (pieces concatenated). */
+  function whole(p: Packet): Packet {
+    if (p.kind !== 'rs-data-reply' || p.parts === undefined) return p;
+    const { parts, ...rest } = p;
+    return { ...rest, payload: Buffer.concat(parts) };
+  }
+
+  for (const integrity of [false, true]) {
+    it(`gives the same packets at every split point, as pieces that are views of the input, never allocating${integrity ? ' (with digests)' : ''}`, () => {
+      const stream = wire(around, integrity);
+      for (let i = 0; i <= stream.length; i++) {
+        for (const pieces of [[stream.subarray(0, i), stream.subarray(i)], [stream.subarray(0, i), stream.subarray(i, i + 700), stream.subarray(i + 700)]]) {
+          let allocated = 0;
+          const d = new PacketDecoder({ ...CODEC, integrity, gatherPayloads: true, allocate: (n) => ((allocated += n), Buffer.alloc(n)) });
+          const out: Packet[] = [];
+          for (const piece of pieces) {
+            d.push(piece);
+            for (let p = d.next(); p !== null; p = d.next()) out.push(p);
+          }
+          expect(d.violation, `split at ${i}`).toBeNull();
+          expect(allocated, `split at ${i}`).toBe(0);
+          expect(normalise(out.map(whole)), `split at ${i}`).toEqual(normalise(around));
+          for (const p of out) {
+            if (p.kind !== 'rs-data-reply' || p.parts === undefined) continue;
+            expect(p.payload.length).toBe(0);
+            expect(p.parts.length).toBeGreaterThan(1);
+            for (const part of p.parts) expect(part.buffer).toBe(stream.buffer);
+          }
+        }
+      }
+    });
+  }
+
+  it('a flipped byte in a gathered payload fails the digest, at any split', () => {
+    const flat = wire([reply], true);
+    for (const at of [HEADER_SIZE + 16, HEADER_SIZE + 16 + 1500, flat.length - 5]) {
+      const bad = Buffer.from(flat);
+      bad[at]! ^= 0x01;
+      for (const cut of [HEADER_SIZE + 17, HEADER_SIZE + 1000, flat.length - 2]) {
+        const out = decodeAll([bad.subarray(0, cut), bad.subarray(cut)], { integrity: true, gatherPayloads: true });
+        expect(out.violation, `flip at ${at}, cut at ${cut}`).toMatch(/^rs-data-reply failed its integrity digest/);
+        expect(out.packets).toEqual([]);
+      }
+    }
+  });
+
+  it('only RS_DATA_REPLY is gathered: DATA and DATA_REPLY payloads still come as one buffer', () => {
+    const others: Packet[] = [
+      { kind: 'data', seq: 1, epoch: 1, offset: 0, flags: 0, payload: bytes(2000, 1) },
+      { kind: 'data-reply', id: 1, offset: 0, payload: bytes(2000, 2) },
+    ];
+    const stream = wire(others);
+    const out = decodeAll([stream.subarray(0, 100), stream.subarray(100, 2100), stream.subarray(2100)], { gatherPayloads: true });
+    expect(out.violation).toBeNull();
+    expect(out.packets.every((p) => !('parts' in p))).toBe(true);
+    expect(normalise(out.packets)).toEqual(normalise(others));
+  });
+
+  it('the encoder takes the pieces as the payload: the same bytes as one payload, for encodePacket and encodeInto', () => {
+    const p = reply as Extract<Packet, { kind: 'rs-data-reply' }>;
+    const pieces: Packet = { kind: 'rs-data-reply', id: p.id, offset: p.offset, payload: Buffer.alloc(0), parts: [p.payload.subarray(0, 1), p.payload.subarray(1, 2000), p.payload.subarray(2000)] };
+    for (const integrity of [false, true]) {
+      const expected = wire([reply], integrity);
+      const parts = encodePacket(pieces, { integrity });
+      expect(Buffer.concat(parts)).toEqual(expected);
+      // the pieces themselves go out, not copies
+      expect(parts.some((b) => b === (pieces as { parts: Buffer[] }).parts[1])).toBe(true);
+      expect(encodedLength(pieces, { integrity })).toBe(expected.length);
+      const into = Buffer.alloc(expected.length + 3);
+      expect(encodeInto(pieces, into, 3, { integrity })).toBe(expected.length);
+      expect(into.subarray(3)).toEqual(expected);
+    }
+    expect(() => encodePacket({ ...pieces, payload: Buffer.alloc(1) })).toThrow(RangeError);
   });
 });

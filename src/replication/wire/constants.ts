@@ -15,8 +15,14 @@ export const HEADER_SIZE = 12;
  * version both speak; the header and HELLO layouts are frozen across versions
  * so that this negotiation always works.
  */
-export const PROTOCOL_VERSION_MIN = 1;
-export const PROTOCOL_VERSION_MAX = 1;
+/**
+ * Version 2 added the role manager's packets and flags (two-phase commit,
+ * PEERS_IN_SYNC, PRIMARY_AT_SPLIT, DISCARD_MY_DATA, the sync rules after
+ * `dirty-peer`). A version 1 node knows none of them, so it is refused at
+ * HELLO rather than misunderstood later.
+ */
+export const PROTOCOL_VERSION_MIN = 2;
+export const PROTOCOL_VERSION_MAX = 2;
 
 /**
  * Default ceiling of the header's length field: the largest data payload we
@@ -56,6 +62,7 @@ export const PacketType = {
   FLUSH: 0x0109,
   FLUSH_ACK: 0x010a,
   OUT_OF_SYNC: 0x010b,
+  PEERS_IN_SYNC: 0x010c,
   // resync and online verify (0x02xx)
   RS_DATA_REQUEST: 0x0201,
   RS_DATA_REPLY: 0x0202,
@@ -161,9 +168,10 @@ export type TwopcChange = (typeof TWOPC_CHANGES)[number];
  * TWOPC_REPLY `reason` when the answer is no. Wire code = index. Append only.
  * - primary-exists: the replier is Primary, or sees another Primary (named by primaryNodeId);
  * - busy: the replier is promoting itself, or holds another node's prepared change;
- * - not-allowed: any other refusal.
+ * - not-allowed: any other refusal;
+ * - newer-data: the replier holds later writes of the lost Primary than the initiator.
  */
-export const TWOPC_REFUSALS = ['none', 'primary-exists', 'busy', 'not-allowed'] as const;
+export const TWOPC_REFUSALS = ['none', 'primary-exists', 'busy', 'not-allowed', 'newer-data'] as const;
 export type TwopcRefusal = (typeof TWOPC_REFUSALS)[number];
 /** TWOPC_REPLY `primaryNodeId` when no Primary is named. */
 export const NO_NODE = 0xff;

@@ -127,6 +127,8 @@ export class PacketDecoder {
   private filled = 0;
   /** Bytes of the payload being gathered. */
   private gatherLength = 0;
+  /** The running crc already covers the payload (it was gathered). */
+  private crcHasPayload = false;
   /** Running crc32c of the body read so far (digest packets only). */
   private crc = 0;
   /** Where the bytes of the last take() start in the buffer it returned. */
@@ -208,8 +210,11 @@ export class PacketDecoder {
           continue;
         case ReadState.Gather:
           if (!this.gatherPieces()) return null;
-          (this.pending as RsDataReplyPacket).parts = this.parts;
+          // One piece is a plain payload (a view, as for a payload inside one chunk).
+          if (this.parts.length === 1) this.pending!.payload = this.parts[0]!;
+          else (this.pending as RsDataReplyPacket).parts = this.parts;
           this.parts = [];
+          this.crcHasPayload = true;
           this.state = this.hasDigest ? ReadState.Digest : ReadState.Header;
           if (this.state === ReadState.Header) return this.finishPayload();
           continue;
@@ -218,7 +223,7 @@ export class PacketDecoder {
           const got = this.take(DIGEST_SIZE).readUInt32BE(this.takenAt);
           const p = this.pending!;
           // A gathered payload was added to the running crc piece by piece.
-          const want = (p.kind === 'rs-data-reply' && p.parts !== undefined ? this.crc : CRC32C.buf(p.payload, this.crc)) >>> 0;
+          const want = (this.crcHasPayload ? this.crc : CRC32C.buf(p.payload, this.crc)) >>> 0;
           if (got !== want) {
             return this.fail(`${p.kind} failed its integrity digest (got 0x${hex8(got)}, computed 0x${hex8(want)})`);
           }
@@ -270,6 +275,7 @@ export class PacketDecoder {
     const at = this.takenAt;
     // The view costs an object, but only on a connection that agreed to digests.
     if (this.hasDigest) this.crc = CRC32C.buf(b.subarray(at, at + s.fixed));
+    this.crcHasPayload = false;
     let p: PayloadPacket;
     switch (s.kind) {
       case 'data': {
@@ -529,14 +535,20 @@ export class PacketDecoder {
       case 'ping':
       case 'ping-ack':
         return { kind: s.kind };
+      case 'peers-in-sync':
+        return { kind: 'peers-in-sync', epoch: b.readUInt32BE(at) };
       case 'twopc-prepare': {
         const txId = readU53(b, at);
         const change = TWOPC_CHANGES[b[at + 8]!];
         const initiatorNodeId = b[at + 9]!;
+        const lostPrimaryNodeId = b[at + 10]!;
+        const lastSeq = readU53(b, at + 12);
         if (txId < 0) return this.fail('twopc-prepare txId is beyond 2^53');
+        if (lastSeq < 0) return this.fail('twopc-prepare lastSeq is beyond 2^53');
+        if (lostPrimaryNodeId > MAX_NODE_ID && lostPrimaryNodeId !== NO_NODE) return this.fail(`twopc-prepare lost primary ${lostPrimaryNodeId} is not a node id`);
         if (change === undefined) return this.fail(`twopc-prepare change ${b[at + 8]} is unknown`);
         if (initiatorNodeId > MAX_NODE_ID) return this.fail(`twopc-prepare initiator ${initiatorNodeId} is not a node id`);
-        return { kind: 'twopc-prepare', txId, change, initiatorNodeId };
+        return { kind: 'twopc-prepare', txId, change, initiatorNodeId, lostPrimaryNodeId, lastSeq };
       }
       case 'twopc-reply': {
         const txId = readU53(b, at);

@@ -287,6 +287,12 @@ function writeHead(p: Packet, b: Buffer, at: number, bodyLength: number, flags: 
       writeU53(b, o, p.txId, 'txId');
       b.writeUInt8(codeOf(TWOPC_CHANGES, p.change, 'change'), o + 8);
       b.writeUInt8(nodeIdOf(p.initiatorNodeId, 'initiatorNodeId'), o + 9);
+      b.writeUInt8(p.lostPrimaryNodeId === NO_NODE ? NO_NODE : nodeIdOf(p.lostPrimaryNodeId, 'lostPrimaryNodeId'), o + 10);
+      b.writeUInt8(0, o + 11);
+      writeU53(b, o + 12, p.lastSeq, 'lastSeq');
+      return;
+    case 'peers-in-sync':
+      b.writeUInt32BE(u32(p.epoch, 'epoch'), o);
       return;
     case 'twopc-reply':
       writeU53(b, o, p.txId, 'txId');

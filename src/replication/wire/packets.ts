@@ -190,8 +190,8 @@ export interface RsDataReplyPacket {
   payload: Buffer;
   /**
    * Only from a decoder built with `gatherPayloads`: the payload arrived in
-   * these pieces (views of the received chunks, in order) and `payload` is
-   * empty. The pieces are not copied into one buffer: the receiver writes
+   * these pieces (two or more views of the received chunks, in order) and
+   * `payload` is empty. The pieces are not copied into one buffer: the receiver writes
    * them as they are (one positional writev). Also accepted by the encoder.
    */
   parts?: Buffer[];
@@ -277,6 +277,16 @@ export interface PingPacket {
 export interface PingAckPacket {
   kind: 'ping-ack';
 }
+/**
+ * From the Primary: every write of this epoch and the ones before reached
+ * every data node of the resource. A Secondary then forgets that those
+ * blocks might differ between it and the other Secondaries.
+ */
+export interface PeersInSyncPacket {
+  kind: 'peers-in-sync';
+  epoch: number;
+}
+
 // --- two-phase commit of cluster-wide changes ------------------------------------------
 
 export interface TwopcPreparePacket {
@@ -285,6 +295,9 @@ export interface TwopcPreparePacket {
   txId: number;
   change: TwopcChange;
   initiatorNodeId: number;
+  /** After losing a Primary: that node (NO_NODE otherwise) and the last write sequence the initiator applied from it. */
+  lostPrimaryNodeId: number;
+  lastSeq: number;
 }
 export interface TwopcReplyPacket {
   kind: 'twopc-reply';
@@ -348,6 +361,7 @@ export type Packet =
   | NegDataReplyPacket
   | PingPacket
   | PingAckPacket
+  | PeersInSyncPacket
   | TwopcPreparePacket
   | TwopcReplyPacket
   | TwopcCommitPacket
@@ -422,6 +436,8 @@ export const PACKET_SPECS: readonly PacketSpec[] = [
   spec('flush', PacketType.FLUSH, 'data', 'fixed', 8),
   spec('flush-ack', PacketType.FLUSH_ACK, 'meta', 'fixed', 8),
   spec('out-of-sync', PacketType.OUT_OF_SYNC, 'data', 'fixed', 12),
+  // epoch 4
+  spec('peers-in-sync', PacketType.PEERS_IN_SYNC, 'data', 'fixed', 4),
 
   // id 8, offset 8, length 4
   spec('rs-data-request', PacketType.RS_DATA_REQUEST, 'data', 'fixed', 20),
@@ -444,8 +460,8 @@ export const PACKET_SPECS: readonly PacketSpec[] = [
 
   spec('ping', PacketType.PING, 'meta', 'fixed', 0),
   spec('ping-ack', PacketType.PING_ACK, 'meta', 'fixed', 0),
-  // txId 8, change 1, initiator 1
-  spec('twopc-prepare', PacketType.TWOPC_PREPARE, 'meta', 'fixed', 10),
+  // txId 8, change 1, initiator 1, lostPrimary 1, reserved 1, lastSeq 8
+  spec('twopc-prepare', PacketType.TWOPC_PREPARE, 'meta', 'fixed', 20),
   // txId 8, yes 1, reason 1, primaryNodeId 1
   spec('twopc-reply', PacketType.TWOPC_REPLY, 'meta', 'fixed', 11),
   spec('twopc-commit', PacketType.TWOPC_COMMIT, 'meta', 'fixed', 8),
