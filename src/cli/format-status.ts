@@ -91,6 +91,12 @@ export function formatPeer(p: PeerStatus): string[] {
 
 export function formatResource(r: ResourceStatus): string[] {
   const lines = [`${r.name} node:${r.node} role:${r.role}`, `  disk:${r.disk} size:${formatBytes(r.sizeBytes)}`];
+  // Quorum only where it is configured; suspension and a pending failover always.
+  if (r.quorum.setting !== 'off') {
+    lines.push(`  quorum:${r.quorum.have ? 'yes' : 'no'} (${r.quorum.votes} of ${r.quorum.voters} votes, ${r.quorum.needed} needed)`);
+  }
+  if (r.suspended.length > 0) lines.push(`  io:suspended (${r.suspended.join(', ')})`);
+  if (r.promotion.failoverPending) lines.push(`  failover:pending (${r.promotion.reason})`);
   if (r.nbd.address !== null) {
     const who = r.nbd.clients.map((c) => c.remote + (c.tls ? ' (tls)' : '')).join(', ');
     lines.push(`  nbd:${r.nbd.address} clients:${r.nbd.clients.length}${who ? ` [${who}]` : ''}`);

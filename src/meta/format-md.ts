@@ -63,7 +63,7 @@ export function formatMd(sb: Superblock, layout: MdLayout): string {
   sb.peers.forEach((p, i) => {
     rows.push([
       `peer-slot ${i}`,
-      `node-id ${p.nodeId} bitmap-uuid ${formatUuid(p.bitmapUuid)} flags ${flagsText(p.flags, PEER_FLAGS)} bitmap-offset ${layout.bitmapOffset + i * layout.bitmapBytesPerPeer}`,
+      `node-id ${p.nodeId} bitmap-uuid ${formatUuid(p.bitmapUuid)} flags ${flagsText(p.flags, PEER_FLAGS)} bitmap-offset ${layout.bitmapOffset + i * layout.bitmapBytesPerPeer} agreed-size ${p.agreedSizeBytes ? bytesWithUnit(p.agreedSizeBytes) : 'none'}`,
     ]);
   });
   const width = Math.max(...rows.map(([k]) => k.length));

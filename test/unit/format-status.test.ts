@@ -64,6 +64,21 @@ function resource(peers: PeerStatus[], over: Partial<ResourceStatus> = {}): Reso
   };
 }
 
+describe('quorum and suspension lines', () => {
+  it('show quorum only where configured, and a suspension with its reason', () => {
+    const off = formatStatus([resource([peer()])]);
+    expect(off).not.toMatch(/quorum:/);
+    const lost = formatStatus([
+      resource([peer()], {
+        quorum: { have: false, votes: 1, needed: 2, voters: 3, reason: '1 of 3 votes, 2 needed (majority)', setting: 'majority', onNoQuorum: 'suspend-io' },
+        suspended: ['no quorum'],
+      }),
+    ]);
+    expect(lost).toMatch(/quorum:no \(1 of 3 votes, 2 needed\)/);
+    expect(lost).toMatch(/io:suspended \(no quorum\)/);
+  });
+});
+
 describe('progressBar', () => {
   it('is always the same width, with the arrow at the done fraction', () => {
     for (const p of [0, 0.1, 4.99, 5, 45.2, 50, 99.9, 100]) {
