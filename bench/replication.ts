@@ -11,6 +11,7 @@
  *    timed from `connect` until Established with nothing out of sync.
  */
 
+import { existsSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
@@ -250,6 +251,10 @@ export async function replicationMain(argv: string[]): Promise<number> {
   if (mirrorbdWhy) {
     process.stderr.write(`bench replication: ${mirrorbdWhy}\n`);
     return 1;
+  }
+  if (opts.baseline !== undefined && !existsSync(join(opts.baseline, 'dist', 'src', 'cli', 'main.js'))) {
+    process.stderr.write(`bench replication: --baseline ${opts.baseline}: no dist/src/cli/main.js there (build that checkout first)\n`);
+    return 2;
   }
   const clockTicks = await clockTicksPerSecond();
 

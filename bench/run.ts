@@ -7,6 +7,7 @@
  */
 
 import { frontendMain } from './frontend.js';
+import { failoverMain } from './failover.js';
 import { errorMessage, installSignalHandlers, runCleanups } from './proc.js';
 import { replicationMain } from './replication.js';
 
@@ -23,6 +24,10 @@ const BENCHMARKS: Record<string, Benchmark> = {
   replication: {
     summary: 'replication: one node vs two-node protocol A/B/C under fio; full and 1 % dirty resync vs nbdcopy',
     main: replicationMain,
+  },
+  failover: {
+    summary: 'automatic failover: kill -9 of the Primary to the first write served by the survivor (two data nodes + witness)',
+    main: failoverMain,
   },
 };
 

@@ -24,7 +24,7 @@ import { PacketWaiter, exchangeBitmaps, exchangeFacts, type HandshakeFacts } fro
 import { newSessionId, openChannel, type OpenedChannel } from './opening.js';
 import type { ReplicaPort, SyncRole } from './replica-port.js';
 import { Receiver } from './receiver.js';
-import { ResyncSource, ResyncTarget, type ResyncProgress } from './resync.js';
+import { DEFAULT_RESYNC_REQUEST_BYTES, ResyncSource, ResyncTarget, type ResyncProgress } from './resync.js';
 import type { RateSettings } from './rate-controller.js';
 import { decideSync, describeSyncDecision, isSplitBrain, type SyncDecision, type SyncSide, type SyncStrategy } from './sync-decision.js';
 import { describeAfterSb, resolveSplitBrain, type AfterSbSide } from './after-sb.js';
@@ -140,6 +140,8 @@ interface Session {
   replicating: boolean;
   peerUuids: UuidsPacket | null;
   barrierWaiters: Map<number, Array<(o: PeerOutcome) => void>>;
+  /** The resync of this session copies the whole disk. */
+  fullSync: boolean;
   /** Highest write sequence applied from the peer in this session. */
   lastSeqApplied: number;
   /**
@@ -156,6 +158,8 @@ interface Session {
   pingDeadline: NodeJS.Timeout | null;
   lastHeardMs: number;
   closed: boolean;
+  /** The handshake finished and the session started: the peer was really there. */
+  established: boolean;
 }
 
 export interface PeerStatusFacts {
@@ -194,6 +198,8 @@ export class Peer {
   private lastVerify: VerifyProgress | null = null;
   /** The data size both sides work with, from the last handshake (the smaller disk). */
   private agreedSizeBytes = 0;
+  /** The largest payload both sides accept (resync requests stay within it). */
+  private agreedMaxPayloadBytes = DEFAULT_RESYNC_REQUEST_BYTES;
   private nextReadId = 1;
   private lastError: string | null = null;
   private splitBrain = false;
@@ -394,12 +400,14 @@ export class Peer {
       barrierWaiters: new Map(),
       twopcWaiters: new Map(),
       lastSeqApplied: 0,
+      fullSync: false,
       unconfirmed: new Map(),
       remoteReads: new Map(),
       pingTimer: null,
       pingDeadline: null,
       lastHeardMs: Date.now(),
       closed: false,
+      established: false,
     };
     this.session = s;
     // Both sides must configure it: it is a feature offered only when set.
@@ -407,7 +415,16 @@ export class Peer {
     data.setIntegrity(integrity);
     meta.setIntegrity(integrity);
     data.onClose((r) => void this.endSession(s, r));
-    meta.onClose((r) => void this.endSession(s, r));
+    // Until the handshake is done only the data channel ends the session: a
+    // peer whose decision ends it (a split brain) closes both channels right
+    // after its facts went out on the data channel, and the meta close may be
+    // read first; ending the session then would drop those facts unread. The
+    // data channel's own close comes after the facts, in order.
+    let metaClosed: string | null = null;
+    meta.onClose((r) => {
+      if (s.established) void this.endSession(s, r);
+      else metaClosed = r;
+    });
     // A channel that was already closed ended the session just now.
     if (s.closed) return;
     this.leftGracefully = false;
@@ -437,6 +454,24 @@ export class Peer {
       this.peerDisk = theirs.state.disk;
       if (isSplitBrain(decision.strategy)) decision = this.resolveSplitBrain(decision, theirs);
       if (decision.strategy === 'unrelated-data') throw new StandAloneError('unrelated data: the two disks share no history');
+      if (theirs.state.role !== 'Primary' && port.role() !== 'Primary' && port.primaryElsewhere(this.nodeId) && (decision.rule === 'dirty-self' || decision.rule === 'dirty-peer')) {
+        // Two Secondaries of the same generation beside a Primary: both hold
+        // what the Primary holds but for its latest, unconfirmed writes. The
+        // older marks are stale (the Primary brought the other one up to date).
+        port.settleMarks(this.nodeId);
+        decision = { strategy: 'no-sync', rule: 'equal', byUuids: decision };
+        this.lastDecision = describeSyncDecision(decision);
+      }
+      if (decision.strategy.startsWith('target') && theirs.state.role !== 'Primary' && port.primaryElsewhere(this.nodeId)) {
+        // Not a StandAloneError: retried after connect-int, by when the
+        // Primary has brought this node up to date (then nothing is left).
+        throw new Error(`resync from ${this.name} deferred: a Primary is connected and syncs this node`);
+      }
+      if (decision.strategy.startsWith('source') && port.role() !== 'Primary' && port.primaryElsewhere(this.nodeId)) {
+        // The same from the other side: while a Primary is around, only it
+        // is a sync source (its writes and its resync data share one ordered stream).
+        throw new Error(`resync to ${this.name} deferred: the Primary syncs it`);
+      }
       if (port.role() === 'Primary' && decision.strategy.startsWith('target')) {
         throw new StandAloneError('this node is Primary but would have to become SyncTarget; demote it first');
       }
@@ -455,9 +490,12 @@ export class Peer {
         ownBitmap.setRange(0, this.agreedSizeBytes);
         await port.saveBitmap(this.nodeId);
       }
+      if (s.closed) throw new Error('connection lost during the handshake');
       this.discardMyData = false;
       this.startSession(s, decision);
+      if (theirs.state.role === 'Primary') port.primaryConnected(this.nodeId);
       for (const p of waiter.rest()) this.onData(s, p);
+      if (metaClosed !== null) await this.endSession(s, metaClosed);
     } catch (e) {
       resume();
       const reason = (e as Error).message;
@@ -513,6 +551,7 @@ export class Peer {
     // Both sides work with the smaller disk (DRBD's rule). A Primary already
     // exporting more than the peer can hold must not shrink under its clients.
     const sizes = agreeSizes({ dataSizeBytes: own, maxPayloadBytes: this.o.maxPayloadBytes }, theirs.sizes);
+    this.agreedMaxPayloadBytes = sizes.maxPayloadBytes;
     if (this.o.port.role() === 'Primary' && this.o.port.exportSize() > sizes.dataSizeBytes) {
       throw new StandAloneError(
         `the peer's disk (${theirs.sizes.dataSizeBytes} bytes) is smaller than what this Primary exports (${this.o.port.exportSize()} bytes)`,
@@ -591,6 +630,7 @@ export class Peer {
   }
 
   private startSession(s: Session, decision: SyncDecision): void {
+    s.established = true;
     const port = this.o.port;
     const store = port.store();
     if (store) {
@@ -621,6 +661,7 @@ export class Peer {
   }
 
   private async startResync(s: Session, role: SyncRole, full: boolean): Promise<void> {
+    s.fullSync = full;
     const port = this.o.port;
     const store = port.store()!;
     const bitmap = port.bitmapFor(this.nodeId)!;
@@ -640,7 +681,12 @@ export class Peer {
     if (s.closed) return;
     this.setReplication('SyncTarget');
     s.target = new ResyncTarget(store, bitmap, port.applyLock, { send: (p) => this.send(s, p) },
-      { rate: this.o.resyncRate, csumsAlg: this.csumsAlg(), limitBytes: this.agreedSizeBytes },
+      {
+        rate: this.o.resyncRate,
+        csumsAlg: this.csumsAlg(),
+        limitBytes: this.agreedSizeBytes,
+        requestBytes: Math.min(DEFAULT_RESYNC_REQUEST_BYTES, this.agreedMaxPayloadBytes),
+      },
       {
         done: () => void this.resyncDone(s, 'target'),
         failed: (reason) => void this.endSession(s, `resync failed: ${reason}`),
@@ -655,7 +701,11 @@ export class Peer {
   private async resyncDone(s: Session, role: SyncRole): Promise<void> {
     if (s.closed) return;
     const sourceCurrent = role === 'target' ? (s.peerUuids?.current ?? 0n) : this.o.port.syncSide(this.nodeId).current;
-    await this.o.port.syncFinished(this.nodeId, role, sourceCurrent);
+    await this.o.port.syncFinished(this.nodeId, role, sourceCurrent, {
+      full: s.fullSync,
+      sourcePrimary: this.peerRole === 'Primary',
+      unconfirmed: [...s.unconfirmed.values()].flat(),
+    });
     if (s.closed) return;
     const progress = s.source?.progress ?? s.target?.progress;
     s.source = null;
@@ -705,7 +755,10 @@ export class Peer {
     if (this.connection === 'Connected') this.setConnection('Connecting');
     await this.o.port.peerLost(this.nodeId, wasReplicating).catch((e: unknown) => this.log.error({ err: e }, 'recording the lost peer failed'));
     if (this.connection === 'Connected' && this.session === null) this.setConnection('Connecting');
-    this.o.hooks?.lost({ wasPrimary, graceful: this.leftGracefully, reason, lastSeq: s.lastSeqApplied });
+    // An attempt that never finished its handshake lost nothing (a StandAlone
+    // peer turns us away every connect-int): no fencing, no failover.
+    if (s.established) this.o.hooks?.lost({ wasPrimary, graceful: this.leftGracefully, reason, lastSeq: s.lastSeqApplied });
+    else this.o.hooks?.changed();
     lost.release();
     if (this.connection === 'Connecting' && this.dials) {
       this.scheduleDial(reason.startsWith(RENEGOTIATE_PREFIX) || reason.includes(RENEGOTIATE_PREFIX) ? 0 : this.o.net.connectIntMs);
@@ -770,6 +823,7 @@ export class Peer {
         return;
       case 'uuids':
         if (p.flags & UUID_FLAGS.ADOPT_CURRENT) void this.adopt(s, p.current);
+        else if (p.flags & UUID_FLAGS.NEW_GENERATION) void this.o.port.followGeneration(this.nodeId, p.current);
         return;
       default:
         this.log.warn({ kind: p.kind }, 'unexpected packet on the data channel');
@@ -862,7 +916,9 @@ export class Peer {
       this.send(s, { kind: 'ping' });
       s.pingDeadline = setTimeout(() => void this.endSession(s, `no PING_ACK within ${this.o.net.pingTimeoutMs} ms`), this.o.net.pingTimeoutMs);
       s.pingDeadline.unref();
-    }, Math.max(50, Math.min(this.o.net.pingIntMs, 1000)));
+      // Checked four times per ping-int: a silent peer is pinged close to
+      // ping-int after it was last heard, not up to a second later.
+    }, Math.max(50, Math.min(this.o.net.pingIntMs / 4, 250)));
     s.pingTimer.unref();
   }
 
@@ -1158,7 +1214,34 @@ export class Peer {
   /** Tell the peer our role/disk changed (it shows them in its status). */
   announceState(): void {
     const s = this.session;
-    if (s && !s.closed) this.send(s, { kind: 'state', role: this.o.port.role(), disk: this.o.port.disk() });
+    // Not during the handshake: the peer expects its packets in order there
+    // (and the handshake carries the state anyway).
+    if (s && !s.closed && this.replication !== 'Off') this.send(s, { kind: 'state', role: this.o.port.role(), disk: this.o.port.disk() });
+  }
+
+  /** Blocks of this peer's (a Primary's) writes not yet confirmed on every data node. */
+  unconfirmedRanges(): Array<{ offset: number; length: number }> {
+    return this.session ? [...this.session.unconfirmed.values()].flat() : [];
+  }
+
+  /** This node is SyncTarget of the peer now. */
+  isSyncTarget(): boolean {
+    return this.session?.target != null;
+  }
+
+  /** As Primary: a new generation started while this peer kept replicating; it takes it too. */
+  sendNewGeneration(current: bigint): void {
+    const s = this.session;
+    if (!s || s.closed || !s.replicating) return;
+    const side = this.o.port.syncSide(this.nodeId);
+    this.send(s, {
+      kind: 'uuids',
+      current,
+      bitmap: 0n,
+      history: [side.history[0], side.history[1]],
+      flags: UUID_FLAGS.NEW_GENERATION | UUID_FLAGS.CONSISTENT | UUID_FLAGS.WAS_UP_TO_DATE | UUID_FLAGS.PRIMARY,
+      dirtyBlocks: 0,
+    });
   }
 
   status(): PeerStatusFacts {

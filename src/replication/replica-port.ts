@@ -11,6 +11,16 @@ import type { WireDiskState, WireRole } from './wire/index.js';
 
 export type SyncRole = 'source' | 'target';
 
+/** How a finished resync ran, for what the target may conclude about its other peers. */
+export interface SyncFinishFacts {
+  /** The whole disk was copied (a full sync). */
+  full: boolean;
+  /** The source was Primary. */
+  sourcePrimary: boolean;
+  /** Writes of the source not yet known to be on every data node (they stay marked). */
+  unconfirmed: ReadonlyArray<{ offset: number; length: number }>;
+}
+
 export interface ReplicaPort {
   readonly resource: string;
   readonly ownNodeId: number;
@@ -39,7 +49,7 @@ export interface ReplicaPort {
    */
   syncStarting(peerNodeId: number, role: SyncRole, full: boolean, sourceCurrent: bigint): Promise<void>;
   /** The resync ended with every block copied; `sourceCurrent` is the source's current UUID. */
-  syncFinished(peerNodeId: number, role: SyncRole, sourceCurrent: bigint): Promise<void>;
+  syncFinished(peerNodeId: number, role: SyncRole, sourceCurrent: bigint, after: SyncFinishFacts): Promise<void>;
   /** The session with the peer ended; its unconfirmed writes are already marked. */
   peerLost(peerNodeId: number, wasReplicating: boolean): Promise<void>;
   /** The local disk failed under replication traffic. */
@@ -50,6 +60,21 @@ export interface ReplicaPort {
   exportSize(): number;
   /** The handshake with the peer agreed on this data size (the smaller disk). */
   sizeAgreed(peerNodeId: number, bytes: number): void;
+  /**
+   * Another peer than `exceptNodeId` is Primary and connected: this node
+   * resyncs from that Primary only. A Secondary source would race the
+   * Primary's own writes to this node (nothing orders the two streams).
+   */
+  primaryElsewhere(exceptNodeId: number): boolean;
+  /**
+   * Reset the marks for this Secondary peer to the connected Primary's
+   * unconfirmed writes: everything older reached both of us.
+   */
+  settleMarks(peerNodeId: number): void;
+  /** The handshake with a Primary peer is done: resyncs from Secondaries stop. */
+  primaryConnected(primaryNodeId: number): void;
+  /** The Primary `fromNodeId` started a new generation; this node follows it. */
+  followGeneration(fromNodeId: number, current: bigint): Promise<void>;
   /** The data nodes (with a bitmap here) other than this one and `exceptNodeId`. */
   otherDataPeers(exceptNodeId: number): number[];
   /**

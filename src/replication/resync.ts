@@ -33,7 +33,7 @@ export const DEFAULT_RESYNC_IN_FLIGHT_BYTES = 32 * 1024 * 1024;
 export const DEFAULT_RESYNC_IN_FLIGHT_REQUESTS = 256;
 /** Source reads at least this long use pooled buffers (no fresh allocation per request). */
 const POOLED_READ_BYTES = 64 * 1024;
-/** Pooled read buffers kept per size: the target never has more bytes than this in flight. */
+/** Bytes of pooled read buffers kept at most (all sizes): the target never has more in flight. */
 const POOL_KEEP_BYTES = DEFAULT_RESYNC_IN_FLIGHT_BYTES + 2 * DEFAULT_RESYNC_REQUEST_BYTES;
 /** How often the rate limiter refills. */
 export const RATE_TICK_MS = 50;
@@ -275,6 +275,7 @@ export class ResyncSource {
   private readonly requested = new Map<number, Outstanding>();
   /** Read buffers the link has finished sending, by length, for the next requests. */
   private readonly pool = new Map<number, Buffer[]>();
+  private pooledBytes = 0;
   /** csums-alg: bytes found equal and not sent. */
   sameBytes = 0;
   readonly progress: ResyncProgress;
@@ -297,6 +298,7 @@ export class ResyncSource {
     this.stopped = true;
     this.requested.clear();
     this.pool.clear();
+    this.pooledBytes = 0;
   }
 
   /**
@@ -387,16 +389,20 @@ export class ResyncSource {
    */
   private takeBuffer(length: number): Buffer | null {
     if (length < POOLED_READ_BYTES) return null;
-    return this.pool.get(length)?.pop() ?? Buffer.allocUnsafeSlow(length);
+    const buf = this.pool.get(length)?.pop();
+    if (buf === undefined) return Buffer.allocUnsafeSlow(length);
+    this.pooledBytes -= length;
+    return buf;
   }
 
   private giveBack(buf: Buffer): void {
-    if (this.stopped) return;
+    if (this.stopped || this.pooledBytes + buf.length > POOL_KEEP_BYTES) return;
     let free = this.pool.get(buf.length);
     if (free === undefined) {
       free = [];
       this.pool.set(buf.length, free);
     }
-    if ((free.length + 1) * buf.length <= POOL_KEEP_BYTES) free.push(buf);
+    free.push(buf);
+    this.pooledBytes += buf.length;
   }
 }

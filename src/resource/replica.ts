@@ -85,13 +85,21 @@ export class Replica {
       if (!recovered.clean && recovered.extents.length > 0) {
         for (const bm of bitmaps.values()) {
           if (!recovered.complete) bm.setAll();
-          else for (const e of recovered.extents) bm.setRange(e * AL_EXTENT_BYTES, AL_EXTENT_BYTES);
+          else
+            for (const e of recovered.extents) {
+              // The last extent may run past the data area (internal metadata
+              // leaves it a little short of a multiple of 4 MiB).
+              const start = e * AL_EXTENT_BYTES;
+              const length = Math.min(AL_EXTENT_BYTES, meta.layout.dataSizeBytes - start);
+              if (length > 0) bm.setRange(start, length);
+            }
         }
         log.warn({ extents: recovered.extents.length, complete: recovered.complete }, 'activity log: marked the hot extents of an unclean shutdown out of sync');
       }
       for (const [nodeId, slot] of slots) await meta.saveBitmap(slot, bitmaps.get(nodeId)!);
       if (wasPrimary) {
-        sb = superblockWith(meta.superblock, { crashedPrimary: true });
+        // It comes up Secondary; the crash is remembered until a resync settles it.
+        sb = superblockWith(meta.superblock, { crashedPrimary: true, primary: false });
         await meta.save(sb);
       }
       const al = meta.openActivityLog({
@@ -208,6 +216,19 @@ export class Replica {
     await this.saveUuids({ current: sourceCurrent, bitmap: set.bitmap.map(() => 0n), history }, { consistent: false });
   }
 
+  /**
+   * The Primary started a new generation while this node kept receiving its
+   * writes: take it too (the data is the same). Peers this node does not
+   * reach now get the old generation as their bitmap UUID, as if this node
+   * had started the generation itself, so they later resync from the bits.
+   */
+  async followGeneration(current: bigint, unreachableNodeIds: number[]): Promise<void> {
+    const before = this.uuidSet();
+    if (before.current === current) return;
+    const away = unreachableNodeIds.map((id) => this.slots.get(id)).filter((s): s is number => s !== undefined);
+    await this.saveUuids(newGeneration(before, away, current));
+  }
+
   /** A SyncTarget finished: adopt the source's generation; the data is good again. */
   async adoptGeneration(sourceCurrent: bigint, peerNodeId: number): Promise<void> {
     const set = this.uuidSet();
@@ -217,7 +238,9 @@ export class Replica {
       bitmap: set.bitmap.map((b, i) => (i === slot ? 0n : b)),
       history: set.current === sourceCurrent ? set.history : rotateHistory(set.history, set.current),
     };
-    await this.saveUuids(next, { consistent: true, wasUpToDate: true });
+    // A crashed Primary that took the source's data for its marked blocks
+    // (its hot extents among them) no longer differs because of the crash.
+    await this.saveUuids(next, { consistent: true, wasUpToDate: true, crashedPrimary: false });
   }
 
   /** A SyncSource finished: its bitmap for the peer is clean, the bitmap UUID retires. */

@@ -47,7 +47,7 @@ export function formatNbdAddress(a: NbdAddress): string {
 }
 
 /** How often a survivor re-checks whether it should take over from a lost Primary. */
-const FAILOVER_RETRY_MS = 100;
+const FAILOVER_RETRY_MS = 20;
 
 const EMPTY_IO = { reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, flushes: 0, trims: 0, zeroes: 0, errors: 0 };
 
@@ -136,7 +136,12 @@ export class Resource {
   private setDisk(to: DiskState, reason: string): void {
     const from = this.disk;
     this.disk = transitionDisk(from, to);
-    if (from !== to) this.emit({ type: 'disk', from, to, reason });
+    if (from !== to) {
+      this.emit({ type: 'disk', from, to, reason });
+      // Every peer, not only the one a resync ran with: they decide from it
+      // whether to replicate to this node.
+      for (const p of this.peers.values()) p.announceState();
+    }
   }
 
   private setRole(to: Role, reason: string): void {
@@ -243,6 +248,27 @@ export class Resource {
     return r && r.hasBitmapFor(peerNodeId) ? r.bitmapFor(peerNodeId) : null;
   }
 
+  /**
+   * A full sync from the Primary marked every block for every other peer
+   * (nothing here was known good). Now this disk holds what the Primary
+   * holds, and so does every other UpToDate Secondary of it: only the
+   * Primary's writes not yet confirmed on every node may differ between us.
+   */
+  private settleMarksAfterFullSync(sourceId: number, unconfirmed: ReadonlyArray<{ offset: number; length: number }>): void {
+    for (const p of this.peers.values()) {
+      const st = p.status();
+      if (p.nodeId === sourceId || p.peerIsWitness || st.connection !== 'Connected') continue;
+      // An Inconsistent peer keeps its own marks for us (a full sync marks
+      // everything), so the union at any later handshake still covers all.
+      const settled = (st.peerDisk === 'UpToDate' && st.replication === 'Established') || st.peerDisk === 'Inconsistent';
+      if (!settled) continue;
+      const bm = this.bitmapOf(p.nodeId);
+      if (!bm) continue;
+      bm.clearAll();
+      for (const r of unconfirmed) bm.setRange(r.offset, r.length);
+    }
+  }
+
   private exportSize(): number {
     return Math.min(this.localSizeBytes, ...this.agreedSizes.values());
   }
@@ -333,9 +359,10 @@ export class Resource {
           this.setDisk('Inconsistent', 'resync target');
         }
       },
-      syncFinished: async (id, role, sourceCurrent) => {
+      syncFinished: async (id, role, sourceCurrent, after) => {
         if (role === 'target') {
           await replica().adoptGeneration(sourceCurrent, id);
+          if (after.full && after.sourcePrimary) this.settleMarksAfterFullSync(id, after.unconfirmed);
           this.setDisk('UpToDate', 'resync finished');
         } else {
           await replica().bitmapClean(id);
@@ -346,11 +373,38 @@ export class Resource {
         if (!this.replica) return;
         // The peer misses every write from now on: a new generation makes
         // the next handshake see that (DESIGN, the write path, step 6).
-        if (visibleRole(this.role) === 'Primary' && wasReplicating) await this.replica.newGenerationFor([id], true);
+        if (visibleRole(this.role) === 'Primary' && wasReplicating) {
+          await this.replica.newGenerationFor([id], true);
+          // The peers still replicating have the same data: they take the
+          // generation too, or they would look older than it later.
+          const current = this.replica.superblock.currentUuid;
+          for (const p of this.peers.values()) if (p.nodeId !== id && p.replicating()) p.sendNewGeneration(current);
+        }
         await this.replica.saveBitmap(id);
       },
       diskFailed: (op, e) => this.ioFailed(`replicated ${op}`, e),
       saveBitmap: (id) => replica().saveBitmap(id),
+      primaryElsewhere: (except) => this.connectedPeers().some((p) => p.nodeId !== except && p.status().role === 'Primary' && p.status().replication !== 'Off'),
+      settleMarks: (peerId) => {
+        const primary = this.connectedPeers().find((p) => p.status().role === 'Primary' && p.status().replication !== 'Off');
+        const bm = this.bitmapOf(peerId);
+        if (!primary || !bm) return;
+        bm.clearAll();
+        for (const r of primary.unconfirmedRanges()) bm.setRange(r.offset, r.length);
+      },
+      primaryConnected: (primaryId) => {
+        for (const p of this.peers.values()) {
+          if (p.nodeId !== primaryId && p.isSyncTarget() && p.status().role !== 'Primary') void p.renegotiate('a Primary is connected: it syncs this node');
+        }
+      },
+      followGeneration: async (from, current) => {
+        if (!this.replica || this.disk !== 'UpToDate') return;
+        const unreachable = [...this.peers.values()]
+          .filter((p) => p.nodeId !== from && !p.peerIsWitness && p.status().replication === 'Off')
+          .map((p) => p.nodeId);
+        await this.replica.followGeneration(current, unreachable);
+        this.log.info({ current: current.toString(16), from }, 'took the new generation of the Primary');
+      },
       otherDataPeers: (except) =>
         this.config.nodes
           .filter((n) => n.disk !== null && n.nodeId !== this.local.nodeId && n.nodeId !== except && this.bitmapOf(n.nodeId) !== null)
@@ -756,12 +810,23 @@ export class Resource {
       // its last writes that reached this node (marked until PEERS_IN_SYNC).
       // A new generation with a bitmap UUID for every data peer makes each
       // one resync those marks from here, not the whole disk.
-      const all = [...this.peers.values()].filter((p) => !p.peerIsWitness);
-      await replica.newGenerationFor(all.map((p) => p.nodeId), false);
-      for (const p of all) if (p.status().connection === 'Connected') void p.renegotiate('new Primary after failover');
+      const data = [...this.peers.values()].filter((p) => !p.peerIsWitness);
+      const following = data.filter((p) => p.replicating() && (this.bitmapOf(p.nodeId)?.countSet() ?? 0) === 0);
+      const resyncing = data.filter((p) => p.status().connection === 'Connected' && !following.includes(p));
+      await replica.newGenerationFor(
+        data.filter((p) => !following.includes(p)).map((p) => p.nodeId),
+        false,
+      );
+      const current = replica.superblock.currentUuid;
+      for (const p of following) p.sendNewGeneration(current);
+      // Before the first write as Primary: those with marks decide again
+      // (a short handshake; they then receive every write while they resync).
+      await Promise.all(resyncing.map((p) => this.renegotiated(p)));
     } else if (away.length > 0) {
-      // Promoted without some peers: they will miss what comes.
+      // Promoted without some peers: they will miss what comes. The peers
+      // that stay connected take the generation too.
       await replica.newGenerationFor(away, false);
+      for (const p of this.peers.values()) if (p.replicating()) p.sendNewGeneration(replica.superblock.currentUuid);
     }
     // Persist "was Primary" before serving a single write: a crash from here
     // on is a crashed Primary.
@@ -772,6 +837,19 @@ export class Resource {
       // must decide again: now there is a source.
       for (const p of this.peers.values()) if (!p.peerIsWitness) void p.renegotiate('new data generation after forced promotion');
     }
+  }
+
+  /** Drop the session to decide again, and wait (bounded) until the new handshake is done. */
+  private async renegotiated(p: Peer): Promise<void> {
+    await p.renegotiate('new Primary after failover');
+    const deadline = Date.now() + this.config.net.timeoutMs + this.config.net.connectIntMs;
+    while (Date.now() < deadline) {
+      const st = p.status();
+      if (st.connection === 'Connected' && st.replication !== 'Off') return;
+      if (st.connection === 'StandAlone') return;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    this.log.warn({ peer: p.name }, 'the peer did not come back in time after the failover; it resyncs when it does');
   }
 
   // --- two-phase changes a peer initiates ------------------------------------------

@@ -34,6 +34,8 @@ import {
 
 const BLOCK = 4096;
 const AL_EXTENT = 4 * 1024 * 1024;
+/** Every test here starts three daemons and syncs 64 MiB disks on a shared machine. */
+const TEST_TIMEOUT_MS = 180_000;
 /** gamma's index in the network harness. */
 const GAMMA = 2;
 const missing = missingTools('nbdcopy', 'qemu-io');
@@ -79,9 +81,9 @@ async function upMesh(opts: MeshOptions = {}): Promise<Mesh> {
 
 /**
  * In sync: every node UpToDate, every connection among `nodes` Connected and
- * Established with nothing marked on either side, and the Primary sees every
- * peer UpToDate. (What two Secondaries think of each other's disk is left to
- * its own test.)
+ * Established, nothing marked between the Primary and any other node, and
+ * the Primary sees every peer UpToDate. (What two Secondaries think of each
+ * other is left to its own test.)
  */
 async function waitInSync(nodes: MeshNode[], primary: MeshNode, timeoutMs = 60_000): Promise<void> {
   const names = nodes.map((n) => n.name);
@@ -94,12 +96,8 @@ async function waitInSync(nodes: MeshNode[], primary: MeshNode, timeoutMs = 60_0
           .filter((x) => x !== n.name)
           .every((x) => {
             const p = peerOf(s, x);
-            return (
-              p.connection === 'Connected' &&
-              p.replication === 'Established' &&
-              p.outOfSyncBytes === 0 &&
-              (n !== primary || p.peerDisk === 'UpToDate')
-            );
+            const withPrimary = n === primary || x === primary.name;
+            return p.connection === 'Connected' && p.replication === 'Established' && (!withPrimary || (p.outOfSyncBytes === 0 && (n !== primary || p.peerDisk === 'UpToDate')));
           }),
       timeoutMs,
     );
@@ -243,7 +241,7 @@ describe.skipIf(missing.length > 0)('three nodes in a full mesh (loopback)', () 
       expect(got).toBeLessThan(size * 1.2);
     }
     await expectSameData(m.nodes, size);
-  });
+  }, TEST_TIMEOUT_MS);
 
   it('writes through nbdcopy and qemu-io on the Primary reach both Secondaries', async () => {
     const m = await syncedMesh();
@@ -272,7 +270,7 @@ describe.skipIf(missing.length > 0)('three nodes in a full mesh (loopback)', () 
         await fh.close();
       }
     }
-  });
+  }, TEST_TIMEOUT_MS);
 
   it('kill -9 of the Primary under load, beta promoted: every acknowledged write is on beta and gamma, and alpha resyncs from beta when it returns', async () => {
     const m = await syncedMesh();
@@ -309,13 +307,13 @@ describe.skipIf(missing.length > 0)('three nodes in a full mesh (loopback)', () 
     const differ = await differingBlocks(m.beta.diskPath, m.gamma.diskPath, size, 1000);
     expect(differ.filter((b) => acked.has(b))).toEqual([]);
     if (differ.length > 0) console.warn(`gamma differs from the new Primary beta in ${differ.length} block(s) that were in flight at the kill: ${differ.join(', ')}`);
-  });
+  }, TEST_TIMEOUT_MS);
 
   // Bug: the activity log of a crashed Primary marks each hot 4 MiB extent
   // whole (resource/replica.ts, Replica.attach); the data area with internal
   // metadata is never a multiple of 4 MiB, so a hot last extent reaches past
   // it, the bitmap refuses the range and `up` fails with ERR_INTERNAL.
-  it.fails('a Primary killed after writing into the last, partial 4 MiB extent comes up again', async () => {
+  it('a Primary killed after writing into the last, partial 4 MiB extent comes up again', async () => {
     const m = await syncedMesh();
     const size = (await statusOf(m.alpha)).sizeBytes;
     expect(size % AL_EXTENT).not.toBe(0);
@@ -323,22 +321,22 @@ describe.skipIf(missing.length > 0)('three nodes in a full mesh (loopback)', () 
     await m.alpha.killHard();
     await m.alpha.up();
     expect((await statusOf(m.alpha)).flags).toContain('CRASHED_PRIMARY');
-  });
+  }, TEST_TIMEOUT_MS);
 
   // Bug: a node that ends a resync as SyncTarget tells only its sync source
   // that its disk is UpToDate (replication/peer.ts resyncDone); its other
   // peers keep the disk state they saw at their handshake (Inconsistent) and
   // never mark that connection as one that takes replication.
-  it.fails('after the initial sync the two Secondaries see each other UpToDate', async () => {
+  it('after the initial sync the two Secondaries see each other UpToDate', async () => {
     const m = await syncedMesh();
-    await waitForStatus(m.beta, (s) => peerOf(s, 'gamma').peerDisk === 'UpToDate', 10_000);
-    await waitForStatus(m.gamma, (s) => peerOf(s, 'beta').peerDisk === 'UpToDate', 10_000);
-  });
+    await waitForStatus(m.beta, (s) => peerOf(s, 'gamma').peerDisk === 'UpToDate' && peerOf(s, 'gamma').outOfSyncBytes === 0, 10_000);
+    await waitForStatus(m.gamma, (s) => peerOf(s, 'beta').peerDisk === 'UpToDate' && peerOf(s, 'beta').outOfSyncBytes === 0, 10_000);
+  }, TEST_TIMEOUT_MS);
 
   // The consequence of the bug above after a failover: the new Primary does
   // not replicate to the third node, although it is connected and UpToDate;
   // it acknowledges writes that only it holds (G1) and marks them instead.
-  it.fails('after a failover the new Primary replicates every write to the third node at once (protocol C)', async () => {
+  it('after a failover the new Primary replicates every write to the third node at once (protocol C)', async () => {
     const m = await syncedMesh();
     const size = (await statusOf(m.alpha)).sizeBytes;
     await m.alpha.killHard();
@@ -357,14 +355,11 @@ describe.skipIf(missing.length > 0)('three nodes in a full mesh (loopback)', () 
     } finally {
       await fh.close();
     }
-  });
+  }, TEST_TIMEOUT_MS);
 
-  // Bug: a Secondary applies the Primary's writes without marking them for
-  // its peers that are away, so when it becomes Primary and one of them
-  // returns, its bitmap lacks what the old Primary wrote meanwhile: the
-  // returning node resyncs only what the new Primary wrote and silently keeps
-  // old data for the rest, although the handshake says it is UpToDate.
-  it.fails('a node that was away when the Primary died resyncs from the new Primary what both Primaries wrote meanwhile', async () => {
+  // A Secondary must mark the Primary's writes for its peers that are away:
+  // when it becomes Primary, it is the one to bring them up to date.
+  it('a node that was away when the Primary died resyncs from the new Primary what both Primaries wrote meanwhile', async () => {
     const m = await syncedMesh();
     const size = (await statusOf(m.alpha)).sizeBytes;
     // gamma goes away; alpha writes (acknowledged by alpha and beta)
@@ -403,7 +398,7 @@ describe.skipIf(missing.length > 0)('three nodes in a full mesh (loopback)', () 
     // ...and so must what alpha wrote while gamma was away (beta holds it)
     expect(await lacking(underAlpha, 0x41), 'blocks written under alpha that gamma lacks').toEqual([]);
     await expectSameData([m.beta, m.gamma], size);
-  });
+  }, TEST_TIMEOUT_MS);
 });
 
 describe.skipIf(missing.length > 0 || noNetns)('three nodes in a full mesh (network namespaces)', () => {
@@ -412,6 +407,12 @@ describe.skipIf(missing.length > 0 || noNetns)('three nodes in a full mesh (netw
     await h?.destroy();
   });
 
+  // Bug: losing gamma, alpha starts a new data generation but does not give
+  // it to beta, which stays connected and gets every write. gamma resyncs
+  // from alpha and adopts the new generation; at the beta-gamma handshake
+  // beta's current UUID is then in gamma's history (rule history-peer), so
+  // beta becomes SyncTarget of gamma for the whole disk and ends with every
+  // block marked for alpha.
   it('a Secondary cut off by the network misses writes, returns, resyncs only what it missed, and all three end identical', async () => {
     h = await createNetns({ nodes: 3 });
     const m = await syncedMesh({ netns: h });
@@ -436,5 +437,5 @@ describe.skipIf(missing.length > 0 || noNetns)('three nodes in a full mesh (netw
     expect(moved).toBeGreaterThanOrEqual(dirty * BLOCK);
     expect(moved).toBeLessThan(dirty * BLOCK * 1.25 + 256 * 1024);
     await expectSameData(m.nodes, size);
-  });
+  }, TEST_TIMEOUT_MS);
 });

@@ -140,6 +140,12 @@ export const UUID_FLAGS = {
   ADOPT_CURRENT: 1 << 4,
   /** The sender's bitmap UUID for the receiver was set while the sender was Primary. */
   PRIMARY_AT_SPLIT: 1 << 5,
+  /**
+   * Sent on an established session by a Primary that started a new
+   * generation (it lost another peer): the receiver, which keeps getting
+   * every write, takes `current` too and keeps its bitmaps.
+   */
+  NEW_GENERATION: 1 << 6,
 } as const;
 export const KNOWN_UUID_FLAGS = Object.values(UUID_FLAGS).reduce((a, b) => a | b, 0);
 
