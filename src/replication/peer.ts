@@ -472,7 +472,10 @@ export class Peer {
         // is a sync source (its writes and its resync data share one ordered stream).
         throw new Error(`resync to ${this.name} deferred: the Primary syncs it`);
       }
-      if (port.role() === 'Primary' && decision.strategy.startsWith('target')) {
+      // A Primary whose own disk is good never takes another node's data; one
+      // that attached a disk again (Inconsistent) does, while serving its
+      // clients from the peer until the copy is done.
+      if (port.role() === 'Primary' && decision.strategy.startsWith('target') && port.disk() === 'UpToDate') {
         throw new StandAloneError('this node is Primary but would have to become SyncTarget; demote it first');
       }
       if (decision.strategy === 'inconsistent-source' && port.role() === 'Primary') {
@@ -637,6 +640,9 @@ export class Peer {
       s.receiver = new Receiver(store, port.applyLock, { send: (p) => this.send(s, p) }, {
         written: (offset, length) => {
           if (s.target) s.target.replicatedWriteApplied(offset, length);
+          // A Primary that is our SyncTarget wrote these blocks itself: they
+          // need no copying any more.
+          else if (s.source) s.source.replicatedWriteAcked(offset, length);
           // A diskless peer writing through us: its own disk misses this.
           else if (this.peerDisk === 'Diskless') port.bitmapFor(this.nodeId)?.setRange(offset, length);
         },
@@ -657,6 +663,8 @@ export class Peer {
     // A SyncTarget receives replication from the first write on: a write
     // not sent would set a bit here that the target never asks for.
     if (role === 'source') s.replicating = true;
+    // A Primary resyncing its own disk writes to its UpToDate source too.
+    if (role === 'target' && port.role() === 'Primary') s.replicating = true;
     void this.startResync(s, role, decision.strategy.endsWith('full-sync'));
   }
 
@@ -670,7 +678,11 @@ export class Peer {
       // already be queued behind the handshake and are handled right after
       // this returns. A source has nothing to persist first.
       this.setReplication('SyncSource');
-      s.source = new ResyncSource(store, bitmap, port.writeLock, { send: (p) => this.send(s, p) }, {
+      // Reads for the copy wait behind the writes that arrived before the
+      // request: the application's own (we are Primary) or the Primary's
+      // replicated ones (the target is that Primary, resyncing its disk).
+      const lock = port.role() === 'Primary' ? port.writeLock : port.applyLock;
+      s.source = new ResyncSource(store, bitmap, lock, { send: (p) => this.send(s, p) }, {
         done: () => void this.resyncDone(s, 'source'),
       }, this.log, this.csumsAlg());
       await port.syncStarting(this.nodeId, role, full, 0n);
@@ -680,7 +692,10 @@ export class Peer {
     await port.syncStarting(this.nodeId, role, full, s.peerUuids?.current ?? 0n);
     if (s.closed) return;
     this.setReplication('SyncTarget');
-    s.target = new ResyncTarget(store, bitmap, port.applyLock, { send: (p) => this.send(s, p) },
+    // A Primary resyncing its own disk applies copies under the application's
+    // write lock: a copy and a write of the same range never overlap.
+    const targetLock = port.role() === 'Primary' ? port.writeLock : port.applyLock;
+    s.target = new ResyncTarget(store, bitmap, targetLock, { send: (p) => this.send(s, p) },
       {
         rate: this.o.resyncRate,
         csumsAlg: this.csumsAlg(),
@@ -1109,7 +1124,9 @@ export class Peer {
   /** Can this peer serve our reads (we are diskless)? */
   canServeReads(): boolean {
     const s = this.session;
-    return !!s && !s.closed && this.peerDisk === 'UpToDate' && (this.replication === 'Established' || this.replication === 'SyncSource');
+    const r = this.replication;
+    // As SyncTarget too: a Primary resyncing its own disk reads from its source.
+    return !!s && !s.closed && this.peerDisk === 'UpToDate' && (r === 'Established' || r === 'SyncSource' || r === 'SyncTarget' || r === 'PausedSyncT');
   }
 
   /** Read from the peer's disk (this node has none). */
@@ -1222,6 +1239,11 @@ export class Peer {
   /** Blocks of this peer's (a Primary's) writes not yet confirmed on every data node. */
   unconfirmedRanges(): Array<{ offset: number; length: number }> {
     return this.session ? [...this.session.unconfirmed.values()].flat() : [];
+  }
+
+  /** A write of this node (a Primary resyncing its disk) reached the local disk: a copy in flight for it is stale. */
+  localWriteApplied(offset: number, length: number): void {
+    this.session?.target?.localWriteApplied(offset, length);
   }
 
   /** This node is SyncTarget of the peer now. */

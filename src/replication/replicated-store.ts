@@ -24,6 +24,12 @@ export class ReplicatedStore implements BlockStore {
     /** What the export offers: the local disk, or less when a peer's disk is smaller. */
     private readonly sizeBytes: () => number,
     capabilities: BlockStoreCapabilities,
+    /**
+     * Whether the local disk holds good data now. A Primary that attached
+     * its disk again resyncs it (Inconsistent) and reads from the peer
+     * until the copy is done.
+     */
+    private readonly localIsGood: () => boolean = () => true,
   ) {
     this.capabilities = capabilities;
   }
@@ -34,7 +40,7 @@ export class ReplicatedStore implements BlockStore {
 
   read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
     const local = this.local();
-    if (local) return local.read(offset, length, into);
+    if (local && this.localIsGood()) return local.read(offset, length, into);
     const peer = this.reader();
     if (!peer) return Promise.reject(Object.assign(new Error('no local disk and no UpToDate peer to read from'), { errno: 'EIO' }));
     return peer.remoteRead(offset, length);
@@ -58,7 +64,7 @@ export class ReplicatedStore implements BlockStore {
 
   extents(offset: number, length: number): Promise<Extent[]> {
     const local = this.local();
-    if (local) return local.extents(offset, length);
+    if (local && this.localIsGood()) return local.extents(offset, length);
     return Promise.resolve([{ offset, length, hole: false, zero: false }]);
   }
 

@@ -50,6 +50,12 @@ export interface ReplicatorOptions {
    * is safe.
    */
   degradedGate?: () => Promise<void> | null;
+  /**
+   * Called with the write lock held, before the local write: a resync of
+   * this node's own disk (a Primary that attached it again) must not let
+   * an older copy of the range land after it.
+   */
+  beforeLocalWrite?: (offset: number, length: number) => void;
   log: Logger;
 }
 
@@ -133,6 +139,7 @@ export class Replicator {
     let degraded = false;
     try {
       const release = await this.o.writeLock.acquire(offset, length);
+      this.o.beforeLocalWrite?.(offset, length);
       const store = this.o.store();
       const intent = store ? this.o.intent : null;
       let waits: Array<Promise<PeerOutcome>> = [];

@@ -76,6 +76,8 @@ interface Outstanding {
   length: number;
   /** When the request went out (target side), for the rate controller. */
   sentAtMs?: number;
+  /** This node wrote into the range after asking (a Primary resyncing its disk): the answer is old. */
+  stale?: boolean;
 }
 
 export class ResyncTarget {
@@ -134,6 +136,20 @@ export class ResyncTarget {
   /** A replicated application write covered marked blocks: they are in sync now. */
   replicatedWriteApplied(offset: number, length: number): void {
     if (!this.stopped) this.progress.doneBytes += this.bitmap.clearRange(offset, length) * BITMAP_BLOCK_BYTES;
+  }
+
+  /**
+   * This node (a Primary resyncing its own disk) wrote the range itself: a
+   * copy of it already asked for carries older data. Those requests are
+   * answered but not written; their blocks are asked for again (the source
+   * reads them after our write reached it: one ordered stream).
+   */
+  localWriteApplied(offset: number, length: number): void {
+    if (this.stopped) return;
+    for (const req of this.outstanding.values()) {
+      if (req.offset < offset + length && offset < req.offset + req.length) req.stale = true;
+    }
+    this.progress.doneBytes += this.bitmap.clearRange(offset, length) * BITMAP_BLOCK_BYTES;
   }
 
   /** The connection is gone: stop asking; what was not copied stays marked. */
@@ -197,6 +213,14 @@ export class ResyncTarget {
     const release = await this.lock.acquire(req.offset, req.length);
     try {
       if (this.stopped) return;
+      if (req.stale) {
+        // Older than our own write: not written; asked for again.
+        this.bitmap.setRange(req.offset, req.length);
+        this.progress.doneBytes -= Math.min(this.progress.doneBytes, req.length);
+        this.cursor = Math.min(this.cursor, Math.floor(req.offset / BITMAP_BLOCK_BYTES));
+        this.completed(id, req, false);
+        return;
+      }
       if (parts.length === 1) await this.store.write(req.offset, parts[0]!);
       else if (this.store.writev) await this.store.writev(req.offset, parts);
       else await this.store.write(req.offset, Buffer.concat(parts, req.length));
@@ -209,12 +233,14 @@ export class ResyncTarget {
     this.completed(id, req);
   }
 
-  private completed(id: number, req: Outstanding): void {
+  private completed(id: number, req: Outstanding, copied = true): void {
     if (this.stopped || !this.outstanding.delete(id)) return;
     if (req.sentAtMs !== undefined) this.controller.sample(Date.now() - req.sentAtMs);
-    this.bitmap.clearRange(req.offset, req.length);
+    if (copied) {
+      this.bitmap.clearRange(req.offset, req.length);
+      this.progress.doneBytes += req.length;
+    }
     this.inFlightBytes -= req.length;
-    this.progress.doneBytes += req.length;
     this.io.send({ kind: 'rs-write-ack', id });
     this.pump();
   }

@@ -199,6 +199,9 @@ export class Resource {
           endWrite: (offset, length) => this.replica?.al.endWrite(offset, length),
         },
         degradedGate: () => this.degradedGate(),
+        beforeLocalWrite: (offset, length) => {
+          for (const p of this.peers.values()) p.localWriteApplied(offset, length);
+        },
         log: this.log,
       });
       this.exp = new LocalExport(
@@ -210,6 +213,7 @@ export class Resource {
           () => [...this.peers.values()].find((p) => p.canServeReads()) ?? null,
           () => this.exportSize(),
           replica.store.capabilities,
+          () => this.disk === 'UpToDate',
         ),
         this.config.nbd.maxPayloadBytes,
         {
@@ -319,10 +323,17 @@ export class Resource {
   /** `attach` after a detach: the disk comes back and resyncs what it missed. */
   async reattach(): Promise<void> {
     if (this.replica) throw new MirrorError('ERR_ALREADY_UP', `${this.name} already has its disk attached on ${this.local.name}`);
-    if (this.role === 'Primary') {
-      throw new MirrorError('ERR_ROLE', `${this.name} is Primary here; demote it before attaching (a Primary cannot be a SyncTarget)`);
+    // A Primary may attach again: its disk comes back Inconsistent and is
+    // resynced from an UpToDate peer while that peer serves its reads.
+    if (this.role === 'Primary' && !this.connectedPeers().some((p) => p.canServeReads())) {
+      throw new MirrorError('ERR_NOT_CONNECTED', `${this.name} is Primary and no UpToDate peer could resync its disk; demote it first or connect a peer`);
     }
     await this.attach();
+    // Whatever its flags say, a disk that was away missed what was written
+    // meanwhile (a failed disk never got to record that): it is Inconsistent
+    // until the peers' bitmaps have been copied to it.
+    await this.requireReplica().change({ consistent: false });
+    if (this.disk !== 'Inconsistent') this.setDisk('Inconsistent', 'attached again: resyncs what it missed');
     for (const p of this.peers.values()) await p.localDiskBack();
   }
 
@@ -524,7 +535,8 @@ export class Resource {
     if (this.disk === 'UpToDate') return null;
     // Without a usable disk of our own (detached, or failing and about to
     // be detached) an UpToDate peer serves the data.
-    if ((this.disk === 'Diskless' || this.disk === 'Failed') && [...this.peers.values()].some((p) => p.canServeReads())) return null;
+    // So does a disk attached again and being resynced (Inconsistent).
+    if ((this.disk === 'Diskless' || this.disk === 'Failed' || this.disk === 'Inconsistent') && [...this.peers.values()].some((p) => p.canServeReads())) return null;
     return { errno: 'ESHUTDOWN', message: `${this.name} on ${this.local.name} has disk ${this.disk} and no UpToDate peer to serve it` };
   }
 

@@ -235,7 +235,7 @@ describe.skipIf(missing.length > 0)('operator verbs on a pair', () => {
 });
 
 describe.skipIf(missing.length > 0)('detach and attach', () => {
-  it('a Primary that detaches its disk keeps serving reads and writes through its UpToDate peer, and catches up on attach', async () => {
+  it('a Primary that detaches its disk keeps serving reads and writes through its UpToDate peer, and as SyncTarget on attach', async () => {
     const p = await syncedPair();
     await mustSucceed(p.alpha.cli('detach', 'r0'));
     const a = await statusOf(p.alpha);
@@ -243,15 +243,40 @@ describe.skipIf(missing.length > 0)('detach and attach', () => {
     await must('qemu-io', ['-f', 'raw', '-c', 'write -P 0x77 8M 1M', '-c', 'read -P 0x77 8M 1M', p.alpha.uri]);
     // beta remembers what alpha's own disk is missing
     await waitForStatus(p.beta, (s) => s.peers[0]!.outOfSyncBytes === 1024 * 1024);
-    const refused = await p.alpha.cli('attach', 'r0');
-    expect(refused.code).not.toBe(0);
-    expect(refused.stderr).toMatch(/ERR_ROLE/);
-    await mustSucceed(p.alpha.cli('secondary', 'r0'));
+    // The Primary takes its disk back while it stays Primary: the disk is
+    // Inconsistent, resynced from beta, and clients go on reading and writing.
     await mustSucceed(p.alpha.cli('attach', 'r0'));
+    expect((await statusOf(p.alpha)).role).toBe('Primary');
+    await must('qemu-io', ['-f', 'raw', '-c', 'read -P 0x77 8M 1M', '-c', 'write -P 0x78 8M 64k', '-c', 'write -P 0x79 20M 1M', p.alpha.uri]);
     await waitForStatus(p.alpha, (s) => s.disk === 'UpToDate' && s.peers[0]?.replication === 'Established');
     await waitForStatus(p.beta, (s) => s.peers[0]?.outOfSyncBytes === 0);
+    await must('qemu-io', ['-f', 'raw', '-c', 'read -P 0x78 8M 64k', '-c', 'read -P 0x77 8256k 960k', '-c', 'read -P 0x79 20M 1M', p.alpha.uri]);
     await expectSameData(p);
   });
+
+  it('a Primary resyncing its own disk: writes during the copy are never overwritten by older copies, reads of uncopied blocks come from the peer', async () => {
+    // A slow resync (4 MiB/s over 16 MiB) so that the client works while it runs.
+    const p = await syncedPair({ disk: 'resync-rate 4M;' });
+    await mustSucceed(p.alpha.cli('detach', 'r0'));
+    await must('qemu-io', ['-f', 'raw', '-c', 'write -P 0x51 16M 16M', p.alpha.uri]);
+    await waitForStatus(p.beta, (s) => s.peers[0]!.outOfSyncBytes === 16 * 1024 * 1024);
+    await mustSucceed(p.alpha.cli('attach', 'r0'));
+    await waitForStatus(p.alpha, (s) => s.peers[0]?.replication === 'SyncTarget');
+    // while the copy runs: overwrite parts of the region still being copied, read others
+    await must('qemu-io', [
+      '-f', 'raw',
+      '-c', 'write -P 0x52 30M 1M',
+      '-c', 'write -P 0x53 17M 4k',
+      '-c', 'read -P 0x51 24M 1M',
+      '-c', 'read -P 0x52 30M 1M',
+      p.alpha.uri,
+    ]);
+    expect((await statusOf(p.alpha)).peers[0]?.replication).toBe('SyncTarget');
+    await waitForStatus(p.alpha, (s) => s.disk === 'UpToDate' && s.peers[0]?.replication === 'Established', 60_000);
+    await must('qemu-io', ['-f', 'raw', '-c', 'read -P 0x52 30M 1M', '-c', 'read -P 0x53 17M 4k', '-c', 'read -P 0x51 16M 1M', '-c', 'read -P 0x51 31M 1M', p.alpha.uri]);
+    await waitForStatus(p.beta, (s) => s.peers[0]?.outOfSyncBytes === 0);
+    await expectSameData(p);
+  }, 90_000);
 
   it('a Secondary that detaches is marked for what it misses and resyncs only that on attach', async () => {
     const p = await syncedPair();
