@@ -1,6 +1,6 @@
 /**
  * Failover time: two data nodes (alpha, beta) and a witness on loopback,
- * `quorum majority; auto-promote yes;` and the ping settings docs/failover.md
+ * `quorum majority; auto-promote yes;` and the ping settings docs/ha.md
  * recommends. In every repetition alpha is Primary with an NBD client
  * writing; alpha's daemon is killed (SIGKILL by its PID, or SIGSTOP to
  * model a node that hangs without closing its sockets), and a client that
@@ -23,8 +23,9 @@ import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 
-import { errorMessage, freePort, isInterrupted, onCleanup, readPidFile, runChecked, terminatePid, waitForExit } from './proc.js';
+import { freePort, isInterrupted, onCleanup, readPidFile, runChecked, terminatePid, waitForExit, waitForReaped } from './proc.js';
 import { BENCH_HOST, MIRRORBD_CLI } from './servers.js';
+import { parseCommandLine, positiveInt } from './options.js';
 import { median } from './stats.js';
 import { markdownTable } from './table.js';
 
@@ -33,7 +34,7 @@ const DATA_NODES = ['alpha', 'beta'] as const;
 const NODES = ['alpha', 'beta', 'witness'] as const;
 type Node = (typeof NODES)[number];
 
-/** The settings under test (docs/failover.md explains each). */
+/** The settings under test (docs/ha.md explains each). */
 export const FAILOVER_NET = 'protocol C; ping-int 1; ping-timeout 0.5; connect-int 1; timeout 1;';
 export const FAILOVER_OPTIONS = 'quorum majority; on-no-quorum suspend-io; auto-promote yes;';
 
@@ -82,18 +83,12 @@ function parseOptions(argv: string[]): Options | 'help' {
     },
   });
   if (values.help) return 'help';
-  const positive = (name: string, v: string | undefined, dflt: number): number => {
-    if (v === undefined) return dflt;
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} wants a positive integer, not "${v}"`);
-    return n;
-  };
   const signal = (values.signal ?? 'KILL').toUpperCase().replace(/^SIG/, '');
   if (signal !== 'KILL' && signal !== 'STOP') throw new Error(`--signal is KILL or STOP, not "${values.signal}"`);
   return {
-    reps: positive('reps', values.reps, 20),
+    reps: positiveInt('reps', values.reps, 20),
     signal: signal === 'KILL' ? 'SIGKILL' : 'SIGSTOP',
-    probeMs: positive('probe-ms', values['probe-ms'], 5),
+    probeMs: positiveInt('probe-ms', values['probe-ms'], 5),
     dir: values.dir ?? tmpdir(),
     keep: values.keep,
   };
@@ -464,7 +459,8 @@ async function repetition(trio: Trio, events: RoleEvents, opts: Options): Promis
       // gone
     }
     await waitForExit(pid, 5000);
-    await reaped(pid);
+    // `up` takes the PID of a zombie for a running daemon: wait until whoever adopted it has reaped it
+    if (!(await waitForReaped(pid, 10_000))) throw new Error(`pid ${pid} was not reaped within 10 s`);
   }
   const promotedAt = await events.promotedAfter(wallAtSignal);
   const result: RepResult = {
@@ -484,23 +480,6 @@ async function repetition(trio: Trio, events: RoleEvents, opts: Options): Promis
   return result;
 }
 
-/**
- * Until the dead daemon is reaped (by whoever adopted it): `up` takes a
- * zombie's PID for a running daemon.
- */
-async function reaped(pid: number): Promise<void> {
-  const until = Date.now() + 10_000;
-  while (Date.now() < until) {
-    try {
-      process.kill(pid, 0);
-    } catch {
-      return;
-    }
-    await sleep(20);
-  }
-  throw new Error(`pid ${pid} was not reaped within 10 s`);
-}
-
 /** Nearest-rank percentile. */
 function percentile(values: readonly number[], p: number): number {
   const v = values.filter(Number.isFinite).sort((a, b) => a - b);
@@ -511,17 +490,8 @@ function percentile(values: readonly number[], p: number): number {
 const ms = (v: number | null): string => (v === null || !Number.isFinite(v) ? '—' : `${Math.round(v)}`);
 
 export async function failoverMain(argv: string[]): Promise<number> {
-  let opts: Options | 'help';
-  try {
-    opts = parseOptions(argv);
-  } catch (e) {
-    process.stderr.write(`bench failover: ${errorMessage(e)}\n\n${USAGE}`);
-    return 2;
-  }
-  if (opts === 'help') {
-    process.stdout.write(USAGE);
-    return 0;
-  }
+  const opts = parseCommandLine('failover', USAGE, argv, parseOptions);
+  if (typeof opts === 'number') return opts;
   const work = await mkdtemp(join(opts.dir, 'mirrorbd-bench-failover-'));
   const keep = opts.keep;
   onCleanup('work directory', async () => {

@@ -42,6 +42,9 @@ export function followEvents(socketPath: string, resource: string | null, json: 
           return;
         } else {
           subscribed = true;
+          // On stderr, so stdout stays the stream: scripts (and tests) know
+          // from here on that no event is missed.
+          process.stderr.write(`following events${resource === null ? '' : ` of ${resource}`} (Ctrl-C to stop)\n`);
         }
       }
     });

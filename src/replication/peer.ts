@@ -438,6 +438,12 @@ export class Peer {
     try {
       const waiter = new PacketWaiter(data);
       const theirs = await exchangeFacts(data, waiter, this.ownFacts(), this.o.net.timeoutMs);
+      if (port.role() === 'Primary' && theirs.state.role === 'Primary' && (theirs.uuids.flags & UUID_FLAGS.NO_QUORUM) !== 0 && port.hasQuorum()) {
+        // The other Primary lost quorum and steps down on its side; meet it
+        // again as a Secondary (no split brain to record).
+        resume();
+        throw new Error(`${RENEGOTIATE_PREFIX}${this.name} is Primary without quorum and steps down`);
+      }
       if (port.role() === 'Primary' && theirs.state.role === 'Primary') {
         // Two Primaries never go on with writes frozen. One that lost quorum
         // (its I/O held) yields to the other and comes back as a Secondary
@@ -526,6 +532,7 @@ export class Peer {
     if (side.flags.primary) flags |= UUID_FLAGS.PRIMARY;
     if (side.flags.crashedPrimary) flags |= UUID_FLAGS.CRASHED_PRIMARY;
     if (side.primaryAtSplit) flags |= UUID_FLAGS.PRIMARY_AT_SPLIT;
+    if (port.role() === 'Primary' && !port.hasQuorum()) flags |= UUID_FLAGS.NO_QUORUM;
     return {
       params: {
         kind: 'params',

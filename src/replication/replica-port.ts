@@ -75,6 +75,8 @@ export interface ReplicaPort {
   primaryConnected(primaryNodeId: number): void;
   /** The Primary `fromNodeId` started a new generation; this node follows it. */
   followGeneration(fromNodeId: number, current: bigint): Promise<void>;
+  /** This node's partition has quorum (always, with quorum off). */
+  hasQuorum(): boolean;
   /** The data nodes (with a bitmap here) other than this one and `exceptNodeId`. */
   otherDataPeers(exceptNodeId: number): number[];
   /**

@@ -416,6 +416,7 @@ export class Resource {
         await this.replica.followGeneration(current, unreachable);
         this.log.info({ current: current.toString(16), from }, 'took the new generation of the Primary');
       },
+      hasQuorum: () => this.quorum.have,
       otherDataPeers: (except) =>
         this.config.nodes
           .filter((n) => n.disk !== null && n.nodeId !== this.local.nodeId && n.nodeId !== except && this.bitmapOf(n.nodeId) !== null)
@@ -561,7 +562,7 @@ export class Resource {
       this.emit({ type: 'quorum', have: this.quorum.have, votes: this.quorum.votes, needed: this.quorum.needed, reason: this.quorum.reason });
       if (!this.quorum.have && visibleRole(this.role) === 'Primary') void this.runHandler('quorum-lost');
     }
-    if (this.quorum.have || visibleRole(this.role) !== 'Primary') this.quorumForced = false;
+    if (this.quorum.have || this.role === 'Secondary') this.quorumForced = false;
     if (this.quorumForced) this.quorum = { ...this.quorum, have: true, reason: `${this.quorum.reason}; forced by primary --force` };
     if (this.quorum.have) this.suspension.resume('no quorum');
     else if (visibleRole(this.role) === 'Primary' && this.config.options.onNoQuorum === 'suspend-io') this.suspension.suspend('no quorum');
@@ -678,7 +679,8 @@ export class Resource {
       return;
     }
     try {
-      await this.primary(false, `auto-promote: ${choice.reason}`);
+      const why = choice.promoteSelf ? choice.reason : 'this node holds the latest writes of the lost Primary';
+      await this.primary(false, `auto-promote: ${why}`);
       this.emit({ type: 'failover', candidates: choice.candidates.map((c) => c.name) });
       this.log.warn('automatic failover: this node is Primary now');
     } catch (e) {
@@ -718,6 +720,7 @@ export class Resource {
     if (!this.quorum.have) {
       this.log.warn({ quorum: this.quorum.reason }, 'forced promotion without quorum: serving as if quorum were held until a real one forms');
       this.quorumForced = true;
+      this.quorum = { ...this.quorum, have: true, reason: `${this.quorum.reason}; forced by primary --force` };
     }
     this.setRole('Promoting', reason);
     try {

@@ -36,15 +36,33 @@ export function runCli(configFile: string, node: string, args: string[], env: No
 }
 
 /** A TCP port free on 127.0.0.1 right now. */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
+/**
+ * A port below the kernel's ephemeral range (32768 and up here): a port the
+ * kernel handed out for `listen(0)` is free now, but the next outgoing
+ * connection of any test may take it before the daemon listens on it. Ports
+ * are picked at random, checked by binding, and never handed out twice by
+ * this process.
+ */
+const TEST_PORT_LOW = 20_000;
+const TEST_PORT_HIGH = 32_000;
+const portsGiven = new Set<number>();
+
+function canListen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
     const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
   });
+}
+
+export async function freePort(): Promise<number> {
+  for (let tries = 0; tries < 200; tries++) {
+    const port = TEST_PORT_LOW + Math.floor(Math.random() * (TEST_PORT_HIGH - TEST_PORT_LOW));
+    if (portsGiven.has(port)) continue;
+    portsGiven.add(port);
+    if (await canListen(port)) return port;
+  }
+  throw new Error(`no free port between ${TEST_PORT_LOW} and ${TEST_PORT_HIGH}`);
 }
 
 export interface StartedNode {

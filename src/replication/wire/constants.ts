@@ -146,6 +146,11 @@ export const UUID_FLAGS = {
    * every write, takes `current` too and keeps its bitmaps.
    */
   NEW_GENERATION: 1 << 6,
+  /**
+   * The sender is Primary without quorum (its I/O held): meeting a Primary
+   * that has quorum, it steps down and yields instead of a split brain.
+   */
+  NO_QUORUM: 1 << 7,
 } as const;
 export const KNOWN_UUID_FLAGS = Object.values(UUID_FLAGS).reduce((a, b) => a | b, 0);
 

@@ -278,9 +278,10 @@ export interface PingAckPacket {
   kind: 'ping-ack';
 }
 /**
- * From the Primary: every write of this epoch and the ones before reached
- * every data node of the resource. A Secondary then forgets that those
- * blocks might differ between it and the other Secondaries.
+ * From the Primary: every write of this epoch reached every data node of
+ * the resource. A Secondary then forgets that those blocks might differ
+ * between it and the other Secondaries (an earlier epoch that was never
+ * confirmed keeps its marks).
  */
 export interface PeersInSyncPacket {
   kind: 'peers-in-sync';

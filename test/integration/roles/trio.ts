@@ -9,10 +9,21 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { readPid } from '../../../src/daemon/run-dir.js';
-import { cliPath, freePort, mustSucceed, runCli, stopProcess, type CliResult } from '../../helpers/single-node.js';
+import {
+  cliStatus,
+  killDaemon,
+  makeNode,
+  makeTestDir,
+  pollStatus,
+  removeTestDir,
+  resourceConfig,
+  stopDaemon,
+  type ClusterNode,
+} from '../../helpers/cluster-node.js';
+import { cliPath, mustSucceed } from '../../helpers/single-node.js';
+
+export { daemonLog } from '../../helpers/cluster-node.js';
 
 export const TRIO_NAMES = ['alpha', 'beta', 'witness'] as const;
 export type TrioName = (typeof TRIO_NAMES)[number];
@@ -25,18 +36,7 @@ export type TrioName = (typeof TRIO_NAMES)[number];
  */
 export const FAILOVER_NET = 'ping-int 1; ping-timeout 0.5; connect-int 1; timeout 1;';
 
-export interface TrioNode {
-  name: TrioName;
-  nodeId: number;
-  /** Null for the witness. */
-  diskPath: string | null;
-  runDir: string;
-  /** 0 for the witness (no NBD listener). */
-  nbdPort: number;
-  peerPort: number;
-  uri: string;
-  cli(...args: string[]): Promise<CliResult>;
-  daemonPid(): Promise<number | null>;
+export interface TrioNode extends ClusterNode<TrioName> {
   /** `up r0` (starts the daemon when it is not running). */
   up(): Promise<void>;
   /** kill -9 of the daemon by its pid; waits until it is gone. */
@@ -83,59 +83,22 @@ export interface EventLog {
 }
 
 export async function makeTrio(opts: TrioOptions = {}): Promise<Trio> {
-  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'mirrorbd-trio-'));
+  const dir = await makeTestDir('trio');
   const configFile = path.join(dir, 'mirrorbd.conf');
   const followers = new Set<EventLog>();
   const nodes: TrioNode[] = [];
   for (const [i, name] of TRIO_NAMES.entries()) {
-    const runDir = path.join(dir, `run-${name}`);
-    const witness = name === 'witness';
-    const diskPath = witness ? null : path.join(dir, `${name}.img`);
-    if (diskPath) {
-      await fsp.writeFile(diskPath, '');
-      await fsp.truncate(diskPath, opts.diskSizeBytes ?? 16 * 1024 * 1024);
-    }
-    const nbdPort = witness ? 0 : await freePort();
-    const peerPort = await freePort();
-    const pidFile = path.join(runDir, `${name}.pid`);
-    const cli = (...args: string[]): Promise<CliResult> => runCli(configFile, name, args);
-    const daemonPid = (): Promise<number | null> => readPid(pidFile);
+    const node = await makeNode(dir, configFile, name, i, name === 'witness' ? null : (opts.diskSizeBytes ?? 16 * 1024 * 1024));
     nodes.push({
-      name,
-      nodeId: i,
-      diskPath,
-      runDir,
-      nbdPort,
-      peerPort,
-      uri: witness ? '' : `nbd://127.0.0.1:${nbdPort}/r0`,
-      cli,
-      daemonPid,
+      ...node,
       up: async () => {
-        await mustSucceed(cli('up', 'r0'));
+        await mustSucceed(node.cli('up', 'r0'));
       },
-      killHard: async () => {
-        const pid = await daemonPid();
-        if (pid === null) throw new Error(`${name} has no daemon pid`);
-        await killAndWait(pid);
-      },
+      killHard: () => killDaemon(node),
     });
   }
-  const on = (n: TrioNode): string =>
-    n.diskPath === null
-      ? `  on ${n.name} { node-id ${n.nodeId}; disk none; address 127.0.0.1:${n.peerPort}; }`
-      : `  on ${n.name} { node-id ${n.nodeId}; disk ${n.diskPath}; address 127.0.0.1:${n.peerPort}; nbd-address 127.0.0.1:${n.nbdPort}; }`;
-  const lines = [
-    // `%n`: each node its own run dir on this one machine.
-    `global { run-dir ${path.join(dir, 'run-%n')}; }`,
-    'resource r0 {',
-    '  meta-disk internal;',
-    `  net { ${FAILOVER_NET} ${opts.net ?? ''} }`,
-    `  options { ${opts.options ?? ''} }`,
-    ...nodes.map(on),
-    '}',
-    '',
-  ];
-  await fsp.writeFile(configFile, lines.join('\n'));
+  const sections = [`net { ${FAILOVER_NET} ${opts.net ?? ''} }`, `options { ${opts.options ?? ''} }`];
+  await fsp.writeFile(configFile, resourceConfig(dir, sections, nodes));
   return {
     dir,
     configFile,
@@ -151,36 +114,23 @@ export async function makeTrio(opts: TrioOptions = {}): Promise<Trio> {
     },
     stop: async () => {
       for (const f of followers) await f.stop();
-      for (const n of nodes) {
-        const pid = await n.daemonPid();
-        if (pid !== null) await stopProcess(pid);
-      }
-      await fsp.rm(dir, { recursive: true, force: true });
+      for (const n of nodes) await stopDaemon(n);
+      await removeTestDir(dir);
     },
   };
 }
 
-async function killAndWait(pid: number): Promise<void> {
-  try {
-    process.kill(pid, 'SIGKILL');
-  } catch {
-    return;
-  }
-  const deadline = Date.now() + 5000;
-  while (Date.now() < deadline) {
-    try {
-      process.kill(pid, 0);
-    } catch {
-      return;
-    }
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  throw new Error(`pid ${pid} survived SIGKILL`);
-}
-
 function followEvents(configFile: string, node: string): EventLog {
   const child: ChildProcess = spawn(process.execPath, [cliPath, '-c', configFile, '--node', node, 'events', 'r0', '--json'], {
-    stdio: ['ignore', 'pipe', 'ignore'],
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  // The CLI says on stderr once the daemon has taken the subscription.
+  let errText = '';
+  const following = new Promise<void>((resolve) => {
+    child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
+      errText += chunk;
+      if (errText.includes('following events')) resolve();
+    });
   });
   const events: TrioEvent[] = [];
   const waiters = new Set<{ match: (e: TrioEvent) => boolean; resolve: (e: TrioEvent) => void }>();
@@ -205,7 +155,7 @@ function followEvents(configFile: string, node: string): EventLog {
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   return {
     events,
-    ready: () => subscribed(child.pid),
+    ready: () => subscribed(child.pid, following),
     waitFor: (match, timeoutMs = 15_000) => {
       const seen = events.find(match);
       if (seen) return Promise.resolve(seen);
@@ -227,23 +177,18 @@ function followEvents(configFile: string, node: string): EventLog {
   };
 }
 
-/** The CLI holds a socket (Linux: /proc/PID/fd): it has connected to the control socket. */
-async function subscribed(pid: number | undefined): Promise<void> {
+/** The follower announced that the daemon took its subscription. */
+async function subscribed(pid: number | undefined, following: Promise<void>): Promise<void> {
   if (pid === undefined) throw new Error('the events follower did not start');
-  const deadline = Date.now() + 15_000;
-  while (Date.now() < deadline) {
-    const fds = await fsp.readdir(`/proc/${pid}/fd`).catch(() => [] as string[]);
-    for (const fd of fds) {
-      const target = await fsp.readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
-      if (target.startsWith('socket:')) {
-        // it writes its subscription on connect; let the daemon read it
-        await new Promise((r) => setTimeout(r, 500));
-        return;
-      }
-    }
-    await new Promise((r) => setTimeout(r, 50));
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`the events follower (pid ${pid}) never subscribed`)), 15_000);
+  });
+  try {
+    await Promise.race([following, late]);
+  } finally {
+    clearTimeout(timer);
   }
-  throw new Error(`the events follower (pid ${pid}) never connected to the daemon`);
 }
 
 export interface TrioPeerStatus {
@@ -274,9 +219,8 @@ export interface TrioStatus {
   flags: string[];
 }
 
-export async function statusOf(n: TrioNode): Promise<TrioStatus> {
-  const r = await mustSucceed(n.cli('status', 'r0', '--json'));
-  return (JSON.parse(r.stdout) as TrioStatus[])[0]!;
+export function statusOf(n: TrioNode): Promise<TrioStatus> {
+  return cliStatus<TrioStatus>(n);
 }
 
 /** The status of `s`'s connection to the node named `peer`. */
@@ -287,15 +231,8 @@ export function peerOf(s: TrioStatus, peer: TrioName): TrioPeerStatus {
 }
 
 /** Poll until `check` passes on the node's status, or fail with the last status. */
-export async function waitForStatus(n: TrioNode, check: (s: TrioStatus) => boolean, timeoutMs = 30_000): Promise<TrioStatus> {
-  const deadline = Date.now() + timeoutMs;
-  let last: TrioStatus | null = null;
-  while (Date.now() < deadline) {
-    last = await statusOf(n);
-    if (check(last)) return last;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`status of ${n.name} never matched within ${timeoutMs} ms; last: ${JSON.stringify(last)}`);
+export function waitForStatus(n: TrioNode, check: (s: TrioStatus) => boolean, timeoutMs = 30_000): Promise<TrioStatus> {
+  return pollStatus(n, () => statusOf(n), check, timeoutMs, 100);
 }
 
 /** Every node sees every other node it should as Connected. */
@@ -304,15 +241,4 @@ export async function waitForAllConnected(nodes: readonly TrioNode[], timeoutMs 
   for (const n of nodes) {
     await waitForStatus(n, (s) => names.filter((x) => x !== n.name).every((p) => peerOf(s, p).connection === 'Connected'), timeoutMs);
   }
-}
-
-/** The daemon log of a node (its run dir), for a failure message. */
-export async function daemonLog(n: TrioNode, lastLines = 40): Promise<string> {
-  const files = await fsp.readdir(n.runDir).catch(() => [] as string[]);
-  const out: string[] = [];
-  for (const f of files.filter((x) => x.endsWith('.log'))) {
-    const text = await fsp.readFile(path.join(n.runDir, f), 'utf8').catch(() => '');
-    out.push(`--- ${n.name}/${f}`, ...text.trimEnd().split('\n').slice(-lastLines));
-  }
-  return out.join('\n');
 }
