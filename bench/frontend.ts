@@ -15,6 +15,7 @@ import { formatTopFunctions, readProfiles, summarizeProfiles } from './cpuprofil
 import { FRONTEND_ROWS, RAMP_SECONDS, fioArgs, runFioRow, type FioResult, type FioRow } from './fio.js';
 import { cpuSeconds, errorMessage, freePort, isInterrupted, onCleanup } from './proc.js';
 import { BASELINE_SERVER, BENCH_HOST, SERVER_NAMES, launcher, type RunningServer, type ServerName } from './servers.js';
+import { parseCommandLine, positiveInt } from './options.js';
 import { median } from './stats.js';
 import { fmtCount, fmtNs, fmtRatio, markdownTable } from './table.js';
 import { REPO_ROOT, clockTicksPerSecond, commandLine, mirrorbdVersion, stamp, toolVersion } from './environment.js';
@@ -81,12 +82,6 @@ function parseOptions(argv: string[]): FrontendOptions | 'help' {
     },
   });
   if (values.help) return 'help';
-  const positive = (name: string, v: string | undefined, dflt: number): number => {
-    if (v === undefined) return dflt;
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} wants a positive integer, not "${v}"`);
-    return n;
-  };
   const servers = (values.servers ?? SERVER_NAMES.join(','))
     .split(',')
     .filter(Boolean)
@@ -113,8 +108,8 @@ function parseOptions(argv: string[]): FrontendOptions | 'help' {
   // The mirrorbd config names paths unquoted.
   if (/\s|[;{}"#]/.test(dir)) throw new Error(`--dir: use a path without whitespace or config punctuation`);
   return {
-    reps: positive('reps', values.reps, values.quick ? 1 : 3),
-    runtime: positive('runtime', values.runtime, values.quick ? 2 : 10),
+    reps: positiveInt('reps', values.reps, values.quick ? 1 : 3),
+    runtime: positiveInt('runtime', values.runtime, values.quick ? 2 : 10),
     servers: [...new Set(servers)],
     rows,
     dir,
@@ -141,17 +136,8 @@ interface Sample {
 }
 
 export async function frontendMain(argv: string[]): Promise<number> {
-  let opts: FrontendOptions | 'help';
-  try {
-    opts = parseOptions(argv);
-  } catch (e) {
-    process.stderr.write(`bench frontend: ${errorMessage(e)}\n\n${USAGE}`);
-    return 2;
-  }
-  if (opts === 'help') {
-    process.stdout.write(USAGE);
-    return 0;
-  }
+  const opts = parseCommandLine('frontend', USAGE, argv, parseOptions);
+  if (typeof opts === 'number') return opts;
 
   const command = commandLine('frontend', argv);
   const versions = await toolVersions();

@@ -187,6 +187,23 @@ export async function waitForExit(pid: number, timeoutMs: number): Promise<boole
   return !(await isAlive(pid));
 }
 
+/**
+ * Polls until no process has the PID, not even a zombie (waitForExit counts
+ * a zombie as gone); true when gone.
+ */
+export async function waitForReaped(pid: number, timeoutMs: number): Promise<boolean> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      process.kill(pid, 0);
+    } catch {
+      return true;
+    }
+    if (Date.now() > until) return false;
+    await sleep(20);
+  }
+}
+
 /** SIGTERM, wait, then SIGKILL if it is still there. Returns how it ended. */
 export async function terminatePid(pid: number, graceMs: number): Promise<'exited' | 'killed' | 'absent'> {
   if (!(await isAlive(pid))) return 'absent';

@@ -25,6 +25,7 @@ import { createImage, scatteredIndices, syncFile } from './images.js';
 import { NbdClient } from './nbd-client.js';
 import { cpuSeconds, errorMessage, freePort, isInterrupted, onCleanup, runChecked } from './proc.js';
 import { BENCH_HOST, launcher, type RunningServer } from './servers.js';
+import { parseCommandLine, positiveInt } from './options.js';
 import { median } from './stats.js';
 import { fmtCount, fmtNs, fmtRatio, markdownTable } from './table.js';
 import { REPO_ROOT, clockTicksPerSecond, commandLine, mirrorbdVersion, stamp, toolVersion } from './environment.js';
@@ -122,12 +123,6 @@ function parseOptions(argv: string[]): Options | 'help' {
     },
   });
   if (values.help) return 'help';
-  const positive = (name: string, v: string | undefined, dflt: number): number => {
-    if (v === undefined) return dflt;
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} wants a positive integer, not "${v}"`);
-    return n;
-  };
   const list = <T extends string>(name: string, v: string | undefined, known: readonly T[]): T[] => {
     if (v === undefined) return [...known];
     const out = v.split(',').filter(Boolean).map((s) => {
@@ -139,14 +134,14 @@ function parseOptions(argv: string[]): Options | 'help' {
     return known.filter((k) => out.includes(k));
   };
   const rowIds = list('rows', values.rows, FRONTEND_ROWS.map((r) => r.id));
-  const resyncMiB = positive('resync-size', values['resync-size'], values.quick ? 256 : 1024);
+  const resyncMiB = positiveInt('resync-size', values['resync-size'], values.quick ? 256 : 1024);
   if (resyncMiB % 4 !== 0) throw new Error('--resync-size: a multiple of 4 MiB');
   const dir = values.dir ?? tmpdir();
   // The mirrorbd config names paths unquoted.
   if (/\s|[;{}"#]/.test(dir)) throw new Error('--dir: use a path without whitespace or config punctuation');
   return {
-    reps: positive('reps', values.reps, values.quick ? 1 : 3),
-    runtime: positive('runtime', values.runtime, values.quick ? 2 : 10),
+    reps: positiveInt('reps', values.reps, values.quick ? 1 : 3),
+    runtime: positiveInt('runtime', values.runtime, values.quick ? 2 : 10),
     parts: list('parts', values.parts, PARTS),
     setups: list('setups', values.setups, SETUPS),
     rows: FRONTEND_ROWS.filter((r) => rowIds.includes(r.id)),
@@ -226,17 +221,8 @@ interface ResyncSample {
 // ---------------------------------------------------------------------------
 
 export async function replicationMain(argv: string[]): Promise<number> {
-  let opts: Options | 'help';
-  try {
-    opts = parseOptions(argv);
-  } catch (e) {
-    process.stderr.write(`bench replication: ${errorMessage(e)}\n\n${USAGE}`);
-    return 2;
-  }
-  if (opts === 'help') {
-    process.stdout.write(USAGE);
-    return 0;
-  }
+  const opts = parseCommandLine('replication', USAGE, argv, parseOptions);
+  if (typeof opts === 'number') return opts;
   const command = commandLine('replication', argv);
   const versions = await toolVersions();
   const missing: string[] = [];

@@ -52,6 +52,11 @@ export interface MetaHandle {
   readonly metaPath: string;
   /** Writes `next` with generation = current + 1, then fdatasync. */
   save(next: Superblock): Promise<void>;
+  /**
+   * Read-modify-write in queue order: `fn` sees what every earlier save or
+   * update left (two changes started together never overwrite each other).
+   */
+  update(fn: (current: Superblock) => Superblock): Promise<void>;
   /** The bitmap stored in peer slot `slot` (0..maxPeers-1), as bitmap-store.ts reads it. */
   loadBitmap(slot: number): Promise<Bitmap>;
   /**
@@ -365,7 +370,11 @@ class OpenMeta implements MetaHandle {
   }
 
   save(next: Superblock): Promise<void> {
-    const run = this.#queue.then(() => this.#write(next));
+    return this.update(() => next);
+  }
+
+  update(fn: (current: Superblock) => Superblock): Promise<void> {
+    const run = this.#queue.then(() => this.#write(fn(this.#superblock)));
     this.#queue = run.catch(() => undefined);
     return run;
   }

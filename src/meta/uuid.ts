@@ -65,15 +65,11 @@ export interface UuidSet {
  * writes. Returns a new set; `fresh` is for tests (default: random).
  */
 export function newGeneration(set: UuidSet, awaySlots: readonly number[], fresh: bigint = newUuid()): UuidSet {
-  let tookOld = false;
-  const bitmap = set.bitmap.map((b, slot) => {
-    if (b === 0n && awaySlots.includes(slot) && set.current !== 0n) {
-      tookOld = true;
-      return set.current;
-    }
-    return b;
-  });
-  return { current: fresh, bitmap, history: tookOld ? set.history : rotateHistory(set.history, set.current) };
+  const bitmap = set.bitmap.map((b, slot) => (b === 0n && awaySlots.includes(slot) && set.current !== 0n ? set.current : b));
+  // The old generation goes to history even when a bitmap slot took it: a
+  // peer that left later, under a generation in between, must still find
+  // the ones before it here to be recognised as related.
+  return { current: fresh, bitmap, history: set.current === 0n ? set.history : rotateHistory(set.history, set.current) };
 }
 
 /** A slot's bitmap is clean again (resync done): its bitmap UUID retires to history. */

@@ -625,6 +625,13 @@ export class Peer {
     const detail = `${describeSyncDecision(decision)}; ${describeAfterSb(r)}`;
     this.o.onEvent?.({ type: 'split-brain', outcome: r.outcome, rule: r.rule, policy: r.policy, decision: decision.rule });
     if (r.outcome === 'disconnect') {
+      const port = this.o.port;
+      if ((port.role() === 'Primary' && !port.hasQuorum()) || (theirs.state.role === 'Primary' && (theirs.uuids.flags & UUID_FLAGS.NO_QUORUM) !== 0)) {
+        // One side is a Primary without quorum: it steps down as soon as it
+        // meets the Primary that has quorum, and then yields. Try again later
+        // instead of leaving this link StandAlone.
+        throw new Error(`split brain with a Primary that has no quorum (${detail}); retried after connect-int`);
+      }
       this.splitBrain = true;
       this.o.hooks?.splitBrain?.(detail);
       throw new StandAloneError(`split brain detected (${detail}); resolve it before connecting again`);

@@ -178,12 +178,20 @@ function compareUuids({ local, peer, resolveConflicts }: SyncDecisionInput): Syn
   if (peersInMyHistory) return verdict('source-full-sync', 'history-self');
 
   // Both sides started a generation from the same one while apart: both
-  // bitmaps record their changes since, so a policy may pick a winner.
-  if (local.bitmap !== 0n && local.bitmap === peer.bitmap) return verdict('split-brain-auto', 'bitmap-both');
-  // Related, but the changes since the common ancestor are not all recorded.
-  if (local.history.some((u) => u !== 0n && inHistory(u, peer.history))) {
-    return verdict('split-brain-disconnect', 'history-both');
+  // bitmaps record their changes since, so a policy may pick a winner. The
+  // generation one side's bitmap counts from may be one the other passed
+  // through (a Primary that lost two peers one after the other started two
+  // generations; the later peer never heard of the first): still both
+  // bitmaps hold every change since the two parted.
+  if (local.bitmap !== 0n && peer.bitmap !== 0n) {
+    if (local.bitmap === peer.bitmap || inHistory(local.bitmap, peer.history) || inHistory(peer.bitmap, local.history)) {
+      return verdict('split-brain-auto', 'bitmap-both');
+    }
   }
+  // Related, but the changes since the common ancestor are not all recorded.
+  const mine = [local.bitmap, ...local.history].filter((u) => u !== 0n);
+  const theirs = new Set([peer.bitmap, ...peer.history].filter((u) => u !== 0n));
+  if (mine.some((u) => theirs.has(u))) return verdict('split-brain-disconnect', 'history-both');
   return verdict('unrelated-data', 'unrelated');
 }
 

@@ -143,22 +143,33 @@ export class Replica {
   }
 
   async change(c: MdChange): Promise<void> {
-    await this.meta.save(superblockWith(this.meta.superblock, c));
+    await this.meta.update((sb) => superblockWith(sb, c));
   }
 
-  private uuidSet(): UuidSet {
-    const sb = this.meta.superblock;
+  private uuidSet(sb: Superblock = this.meta.superblock): UuidSet {
     return { current: sb.currentUuid, bitmap: sb.peers.map((p) => p.bitmapUuid), history: sb.historyUuids };
   }
 
-  private async saveUuids(set: UuidSet, extra: MdChange = {}): Promise<void> {
-    const sb = superblockWith(this.meta.superblock, extra);
-    await this.meta.save({
-      ...sb,
-      currentUuid: set.current,
-      historyUuids: [set.history[0], set.history[1]],
-      peers: sb.peers.map((p, i) => ({ ...p, bitmapUuid: set.bitmap[i] ?? 0n })),
+  /**
+   * Change the UUIDs from what the metadata holds when the change's turn
+   * comes (a Primary losing two peers at once starts two generations, one
+   * after the other, never one over the other).
+   */
+  private async updateUuids(next: (before: UuidSet) => UuidSet, extra: MdChange = {}): Promise<{ before: UuidSet; set: UuidSet }> {
+    let out: { before: UuidSet; set: UuidSet } | null = null;
+    await this.meta.update((cur) => {
+      const before = this.uuidSet(cur);
+      const set = next(before);
+      out = { before, set };
+      const sb = superblockWith(cur, extra);
+      return {
+        ...sb,
+        currentUuid: set.current,
+        historyUuids: [set.history[0], set.history[1]],
+        peers: sb.peers.map((p, i) => ({ ...p, bitmapUuid: set.bitmap[i] ?? 0n })),
+      };
     });
+    return out!;
   }
 
   /**
@@ -168,9 +179,7 @@ export class Replica {
    */
   async newGenerationFor(awayNodeIds: number[], whilePrimary = false): Promise<void> {
     const away = awayNodeIds.map((id) => this.slots.get(id)).filter((s): s is number => s !== undefined);
-    const before = this.uuidSet();
-    const set = newGeneration(before, away, newUuid());
-    await this.saveUuids(set);
+    const { before, set } = await this.updateUuids((b) => newGeneration(b, away, newUuid()));
     // Where a bitmap generation starts now, remember whether this node was
     // Primary at the split (after-sb discard-younger/older-primary).
     const started = away.filter((slot) => before.bitmap[slot] === 0n && set.bitmap[slot] !== 0n);
@@ -179,11 +188,10 @@ export class Replica {
   }
 
   private async setSlotFlag(slots: number[], bit: number, on: boolean): Promise<void> {
-    const sb = this.meta.superblock;
-    await this.meta.save({
+    await this.meta.update((sb) => ({
       ...sb,
       peers: sb.peers.map((p, i) => (slots.includes(i) ? { ...p, flags: on ? p.flags | bit : p.flags & ~bit } : p)),
-    });
+    }));
   }
 
   /** The data size last agreed with each peer (absent: never agreed). */
@@ -195,10 +203,9 @@ export class Replica {
 
   /** Persist the size a handshake agreed with this peer (only when it changed). */
   async saveAgreedSize(peerNodeId: number, bytes: number): Promise<void> {
-    const sb = this.meta.superblock;
     const slot = this.slots.get(peerNodeId);
-    if (slot === undefined || sb.peers[slot]?.agreedSizeBytes === bytes) return;
-    await this.meta.save({ ...sb, peers: sb.peers.map((p, i) => (i === slot ? { ...p, agreedSizeBytes: bytes } : p)) });
+    if (slot === undefined || this.meta.superblock.peers[slot]?.agreedSizeBytes === bytes) return;
+    await this.meta.update((sb) => ({ ...sb, peers: sb.peers.map((p, i) => (i === slot ? { ...p, agreedSizeBytes: bytes } : p)) }));
   }
 
   /**
@@ -211,9 +218,14 @@ export class Replica {
   async beginFullSyncTarget(sourceCurrent: bigint): Promise<void> {
     for (const bm of this.bitmaps.values()) bm.setAll();
     await this.saveAllBitmaps();
-    const set = this.uuidSet();
-    const history = set.current === sourceCurrent || set.current === 0n ? set.history : rotateHistory(set.history, set.current);
-    await this.saveUuids({ current: sourceCurrent, bitmap: set.bitmap.map(() => 0n), history }, { consistent: false });
+    await this.updateUuids(
+      (set) => ({
+        current: sourceCurrent,
+        bitmap: set.bitmap.map(() => 0n),
+        history: set.current === sourceCurrent || set.current === 0n ? set.history : rotateHistory(set.history, set.current),
+      }),
+      { consistent: false },
+    );
   }
 
   /**
@@ -223,31 +235,30 @@ export class Replica {
    * had started the generation itself, so they later resync from the bits.
    */
   async followGeneration(current: bigint, unreachableNodeIds: number[]): Promise<void> {
-    const before = this.uuidSet();
-    if (before.current === current) return;
     const away = unreachableNodeIds.map((id) => this.slots.get(id)).filter((s): s is number => s !== undefined);
-    await this.saveUuids(newGeneration(before, away, current));
+    await this.updateUuids((before) => (before.current === current ? before : newGeneration(before, away, current)));
   }
 
   /** A SyncTarget finished: adopt the source's generation; the data is good again. */
   async adoptGeneration(sourceCurrent: bigint, peerNodeId: number): Promise<void> {
-    const set = this.uuidSet();
     const slot = this.slots.get(peerNodeId);
-    const next: UuidSet = {
-      current: sourceCurrent,
-      bitmap: set.bitmap.map((b, i) => (i === slot ? 0n : b)),
-      history: set.current === sourceCurrent ? set.history : rotateHistory(set.history, set.current),
-    };
     // A crashed Primary that took the source's data for its marked blocks
     // (its hot extents among them) no longer differs because of the crash.
-    await this.saveUuids(next, { consistent: true, wasUpToDate: true, crashedPrimary: false });
+    await this.updateUuids(
+      (set) => ({
+        current: sourceCurrent,
+        bitmap: set.bitmap.map((b, i) => (i === slot ? 0n : b)),
+        history: set.current === sourceCurrent ? set.history : rotateHistory(set.history, set.current),
+      }),
+      { consistent: true, wasUpToDate: true, crashedPrimary: false },
+    );
   }
 
   /** A SyncSource finished: its bitmap for the peer is clean, the bitmap UUID retires. */
   async bitmapClean(peerNodeId: number): Promise<void> {
     const slot = this.slots.get(peerNodeId);
     if (slot === undefined) return;
-    await this.saveUuids(clearBitmapUuid(this.uuidSet(), slot));
+    await this.updateUuids((set) => clearBitmapUuid(set, slot));
     await this.setSlotFlag([slot], PEER_FLAGS.BITMAP_WHILE_PRIMARY, false);
   }
 

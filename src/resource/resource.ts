@@ -425,6 +425,9 @@ export class Resource {
         if (peerRole !== 'Primary' || visibleRole(this.role) !== 'Primary' || this.quorum.have) return false;
         this.log.warn('this Primary lost quorum and the peer is Primary: stepping down, yielding the writes that never reached a quorum');
         await this.secondary(true, 'outvoted: another node became Primary while this one had no quorum');
+        // Every data peer gets this node back as one that yields: its
+        // changes since the split never reached a quorum.
+        for (const p of this.peers.values()) if (!p.peerIsWitness) p.connect({ discardMyData: true });
         return true;
       },
       exportSize: () => this.exportSize(),
@@ -565,7 +568,7 @@ export class Resource {
     if (this.quorum.have || this.role === 'Secondary') this.quorumForced = false;
     if (this.quorumForced) this.quorum = { ...this.quorum, have: true, reason: `${this.quorum.reason}; forced by primary --force` };
     if (this.quorum.have) this.suspension.resume('no quorum');
-    else if (visibleRole(this.role) === 'Primary' && this.config.options.onNoQuorum === 'suspend-io') this.suspension.suspend('no quorum');
+    else if (this.role === 'Primary' && this.config.options.onNoQuorum === 'suspend-io') this.suspension.suspend('no quorum');
     if (peers.some((p) => p.status().connection === 'Connected' && p.status().role === 'Primary')) {
       this.failoverWanted = false;
       this.cancelFailover();
@@ -908,6 +911,10 @@ export class Resource {
     const refusal = demotionRefusal(this.name, this.clientCount(), force);
     if (refusal) throw refusal;
     this.setRole('Demoting', reason);
+    // Held requests would never drain: through the gate they now get
+    // ESHUTDOWN, and writes held for lack of quorum fail as never having
+    // reached one.
+    for (const r of this.suspension.why()) this.suspension.resume(r);
     try {
       // New requests are refused from here (the gate); in-flight ones finish,
       // then connected clients are told ESHUTDOWN and closed.
@@ -916,6 +923,7 @@ export class Resource {
       await this.replica?.change({ primary: false, crashedPrimary: false });
     } catch (e) {
       this.setRole('Primary', `demotion failed: ${(e as Error).message}`);
+      this.clusterChanged(); // suspend again while quorum is still missing
       throw e;
     }
     this.setRole('Secondary', reason);

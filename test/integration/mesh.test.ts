@@ -15,14 +15,12 @@ import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { NBD_CMD_WRITE } from '../../src/nbd/constants.js';
+import { differingBlocks, expectSameData } from '../helpers/disk-data.js';
 import { createNetns, skipWithoutNetns, type NetnsHarness } from '../helpers/netns.js';
 import { mustSucceed } from '../helpers/single-node.js';
 import { missingTools } from '../helpers/tools.js';
-import { RawClient, type Reply } from './helpers/nbd-raw-client.js';
+import { BLOCK, ackedMissingFrom, openExport, scatteredOrder, stampedWriteLoad } from './helpers/stamped-writes.js';
 import {
-  differingBlocks,
-  hashPrefix,
   makeMesh,
   peerOf,
   statusOf,
@@ -32,7 +30,6 @@ import {
   type MeshOptions,
 } from './mesh/three-nodes.js';
 
-const BLOCK = 4096;
 const AL_EXTENT = 4 * 1024 * 1024;
 /** Every test here starts three daemons and syncs 64 MiB disks on a shared machine. */
 const TEST_TIMEOUT_MS = 180_000;
@@ -112,18 +109,6 @@ async function syncedMesh(opts: MeshOptions = {}): Promise<Mesh> {
   return m;
 }
 
-async function expectSameData(nodes: MeshNode[], size: number): Promise<void> {
-  const [first, ...rest] = nodes;
-  const want = await hashPrefix(first!.diskPath, size);
-  for (const n of rest) {
-    const got = await hashPrefix(n.diskPath, size);
-    if (got !== want) {
-      const blocks = await differingBlocks(first!.diskPath, n.diskPath, size);
-      throw new Error(`the data of ${n.name} differs from ${first!.name}'s, first differing 4 KiB blocks: ${blocks.join(', ')}`);
-    }
-  }
-}
-
 /** Bytes this node received from all its peers since up (both channels). */
 async function bytesReceived(n: MeshNode): Promise<number> {
   return (await statusOf(n)).peers.reduce((sum, p) => sum + p.bytesReceived, 0);
@@ -143,80 +128,20 @@ async function scatteredWrites(uri: string, size: number, count: number, pattern
   return offsets;
 }
 
-/** A block that says which write it is: its block number and a stamp, repeated. */
-function stamped(block: number, stamp: number): Buffer {
-  const b = Buffer.alloc(BLOCK);
-  for (let at = 0; at < BLOCK; at += 8) {
-    b.writeUInt32BE(block, at);
-    b.writeUInt32BE(stamp, at + 4);
-  }
-  return b;
-}
-
-function errorOf(r: Reply): number {
-  if (r.header.kind !== 'simple') throw new Error('expected a simple reply');
-  return r.header.error;
-}
-
-/** Acknowledged writes whose block does not hold the acknowledged data in a node's disk file. */
-async function missingAcked(n: MeshNode, acked: Map<number, number>): Promise<string[]> {
-  const fh = await fsp.open(n.diskPath, 'r');
-  try {
-    const buf = Buffer.alloc(BLOCK);
-    const bad: string[] = [];
-    for (const [block, stamp] of acked) {
-      await fh.read(buf, 0, BLOCK, block * BLOCK);
-      if (!buf.equals(stamped(block, stamp))) bad.push(`block ${block} (stamp ${stamp})`);
-    }
-    return bad;
-  } finally {
-    await fh.close();
-  }
-}
-
 /**
- * Write every block once, in a scattered order, QUEUE_DEPTH in flight, each
- * with its own stamp, until `stopAfterMs` passes or the server goes away.
- * Returns the acknowledged writes (block -> stamp).
+ * Write every block once, in a scattered order, 8 in flight, each with its
+ * own stamp, until `stopAfterMs` passes or the server goes away. Returns
+ * the acknowledged writes (block -> stamp).
  */
 async function writeLoad(n: MeshNode, opts: { blocks: number; stopAfterMs: number; onRunning?: () => void }): Promise<Map<number, number>> {
-  const QUEUE_DEPTH = 8;
-  const c = await RawClient.connect({ kind: 'tcp', host: n.host, port: n.nbdPort });
-  await c.negotiate({ name: 'r0' });
-  const order = Array.from({ length: opts.blocks }, (_, i) => (i * 7919) % opts.blocks);
-  const acked = new Map<number, number>();
-  const inFlight = new Map<bigint, { block: number; stamp: number }>();
-  let next = 0;
-  let cookie = 1n;
-  const send = (): void => {
-    if (next >= order.length) return;
-    const block = order[next]!;
-    const stamp = next + 1;
-    next++;
-    inFlight.set(cookie, { block, stamp });
-    c.request({ type: NBD_CMD_WRITE, cookie, offset: block * BLOCK, length: BLOCK }, stamped(block, stamp));
-    cookie++;
-  };
-  const started = Date.now();
-  for (let i = 0; i < QUEUE_DEPTH; i++) send();
-  opts.onRunning?.();
+  const c = await openExport(n.nbdPort, n.host);
   try {
-    while (inFlight.size > 0 && Date.now() - started < opts.stopAfterMs) {
-      const r = await c.readReply(10_000);
-      const w = inFlight.get(r.header.cookie);
-      if (!w) throw new Error(`reply for unknown cookie ${r.header.cookie}`);
-      inFlight.delete(r.header.cookie);
-      if (errorOf(r) !== 0) throw new Error(`write of block ${w.block} failed with error ${errorOf(r)}`);
-      acked.set(w.block, w.stamp);
-      send();
-    }
-  } catch (e) {
-    // The server went away under us: what was acknowledged is what counts.
-    if (!/closed|ECONNRESET|timeout|EPIPE/i.test((e as Error).message)) throw e;
+    const load = stampedWriteLoad(c, { order: scatteredOrder(opts.blocks), queueDepth: 8, stopAfterMs: opts.stopAfterMs });
+    opts.onRunning?.();
+    return (await load).acked;
   } finally {
     c.destroy();
   }
-  return acked;
 }
 
 describe.skipIf(missing.length > 0)('three nodes in a full mesh (loopback)', () => {
@@ -293,15 +218,15 @@ describe.skipIf(missing.length > 0)('three nodes in a full mesh (loopback)', () 
     // beta had every acknowledged write: it is UpToDate and needs no --force
     expect((await statusOf(m.beta)).disk).toBe('UpToDate');
     await mustSucceed(m.beta.cli('primary', 'r0'));
-    expect(await missingAcked(m.beta, acked)).toEqual([]);
-    expect(await missingAcked(m.gamma, acked)).toEqual([]);
+    expect(await ackedMissingFrom(m.beta.diskPath, acked)).toEqual([]);
+    expect(await ackedMissingFrom(m.gamma.diskPath, acked)).toEqual([]);
 
     // alpha comes back as a crashed Primary and takes what it missed from beta
     await m.alpha.up();
     await waitForStatus(m.alpha, (s) => s.disk === 'UpToDate' && ['beta', 'gamma'].every((x) => peerOf(s, x as 'beta').replication === 'Established'));
     await waitForStatus(m.beta, (s) => peerOf(s, 'alpha').outOfSyncBytes === 0 && peerOf(s, 'alpha').replication === 'Established');
     expect((await statusOf(m.alpha)).role).toBe('Secondary');
-    expect(await missingAcked(m.alpha, acked)).toEqual([]);
+    expect(await ackedMissingFrom(m.alpha.diskPath, acked)).toEqual([]);
     await expectSameData([m.beta, m.alpha], size);
     // gamma and beta may differ only where a write was in flight (never acknowledged) at the kill
     const differ = await differingBlocks(m.beta.diskPath, m.gamma.diskPath, size, 1000);

@@ -5,12 +5,12 @@
  */
 import { promises as fsp } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
-import { NBD_CMD_READ, NBD_CMD_WRITE } from '../../src/nbd/constants.js';
-import { RawClient, type Reply } from './helpers/nbd-raw-client.js';
-import { makePair, statusOf, upPair, waitForStatus, type Pair, type PairNode } from '../helpers/pair.js';
+import { NBD_CMD_WRITE } from '../../src/nbd/constants.js';
+import { killDaemon } from '../helpers/cluster-node.js';
+import { makePair, statusOf, upPair, waitForStatus, type Pair } from '../helpers/pair.js';
 import { mustSucceed, runCli } from '../helpers/single-node.js';
+import { BLOCK, errorOf, expectAckedReadBack, openExport, scatteredOrder, stamped, stampedWriteLoad } from './helpers/stamped-writes.js';
 
-const BLOCK = 4096;
 const QUEUE_DEPTH = 8;
 
 const pairs: Pair[] = [];
@@ -29,100 +29,27 @@ async function syncedPair(): Promise<Pair> {
   return p;
 }
 
-async function client(n: PairNode): Promise<RawClient> {
-  const c = await RawClient.connect({ kind: 'tcp', host: '127.0.0.1', port: n.nbdPort });
-  await c.negotiate({ name: 'r0' });
-  return c;
-}
-
-/** A block that says which write it is: the block number and a stamp, repeated. */
-function stamped(block: number, stamp: number): Buffer {
-  const b = Buffer.alloc(BLOCK);
-  for (let at = 0; at < BLOCK; at += 8) {
-    b.writeUInt32BE(block, at);
-    b.writeUInt32BE(stamp, at + 4);
-  }
-  return b;
-}
-
-/** The error of a simple reply (these clients never negotiate structured replies). */
-function errorOf(r: Reply): number {
-  if (r.header.kind !== 'simple') throw new Error('expected a simple reply');
-  return r.header.error;
-}
-
-async function killHard(n: PairNode): Promise<void> {
-  const pid = (await n.daemonPid())!;
-  process.kill(pid, 'SIGKILL');
-  const deadline = Date.now() + 5000;
-  while (Date.now() < deadline) {
-    try {
-      process.kill(pid, 0);
-    } catch {
-      return;
-    }
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  throw new Error(`pid ${pid} survived SIGKILL`);
-}
-
 describe('a Primary crashes', () => {
   it('kill -9 during a write load, the other node promoted with --force: every acknowledged write is there', async () => {
     const p = await syncedPair();
     const blocks = (await statusOf(p.alpha)).sizeBytes / BLOCK;
-    const c = await client(p.alpha);
+    const c = await openExport(p.alpha.nbdPort);
     // Each block is written once, in a scattered order, with its own stamp.
-    const order = Array.from({ length: blocks }, (_, i) => (i * 7919) % blocks);
-    const acked = new Map<number, number>();
-    const inFlight = new Map<bigint, { block: number; stamp: number }>();
-    let next = 0;
-    let cookie = 1n;
-    const send = (): void => {
-      const block = order[next]!;
-      const stamp = next + 1;
-      next++;
-      inFlight.set(cookie, { block, stamp });
-      c.request({ type: NBD_CMD_WRITE, cookie, offset: block * BLOCK, length: BLOCK }, stamped(block, stamp));
-      cookie++;
-    };
-    for (let i = 0; i < QUEUE_DEPTH; i++) send();
-    const killer = setTimeout(() => void killHard(p.alpha), 1500);
-    try {
-      while (next < order.length) {
-        const r = await c.readReply(10_000);
-        const w = inFlight.get(r.header.cookie);
-        if (!w) throw new Error(`reply for unknown cookie ${r.header.cookie}`);
-        inFlight.delete(r.header.cookie);
-        expect(errorOf(r)).toBe(0);
-        acked.set(w.block, w.stamp);
-        send();
-      }
-    } catch {
-      // the Primary died under us: what was acknowledged is what counts
-    } finally {
+    const order = scatteredOrder(blocks);
+    const killer = setTimeout(() => void killDaemon(p.alpha).catch(() => undefined), 1500);
+    const { acked, sent } = await stampedWriteLoad(c, { order, queueDepth: QUEUE_DEPTH, errorReply: 'end' }).finally(() => {
       clearTimeout(killer);
       c.destroy();
-    }
-    expect(next).toBeLessThan(order.length); // the kill landed mid-load
+    });
+    expect(sent).toBeLessThan(order.length); // the kill landed mid-load
     expect(acked.size).toBeGreaterThan(50);
-    await killHard(p.alpha).catch(() => undefined);
+    await killDaemon(p.alpha).catch(() => undefined);
 
     await waitForStatus(p.beta, (s) => s.peers[0]?.connection !== 'Connected');
     await mustSucceed(p.beta.cli('primary', 'r0', '--force'));
-    const reader = await client(p.beta);
+    const reader = await openExport(p.beta.nbdPort);
     try {
-      let checked = 0;
-      let rc = 1n;
-      for (const [block, stamp] of acked) {
-        reader.readLengths.set(rc, BLOCK);
-        reader.request({ type: NBD_CMD_READ, cookie: rc, offset: block * BLOCK, length: BLOCK });
-        const r = await reader.readReply();
-        expect(errorOf(r)).toBe(0);
-        if (!r.data.equals(stamped(block, stamp))) throw new Error(`acknowledged write of block ${block} (stamp ${stamp}) is missing on beta`);
-        checked++;
-        rc++;
-      }
-      expect(checked).toBe(acked.size);
+      await expectAckedReadBack(reader, acked, 'beta');
     } finally {
       reader.destroy();
     }
@@ -131,7 +58,7 @@ describe('a Primary crashes', () => {
   it('kill -9 and restart of a Primary: only its activity-log extents resync', async () => {
     const p = await syncedPair();
     const size = (await statusOf(p.alpha)).sizeBytes;
-    const c = await client(p.alpha);
+    const c = await openExport(p.alpha.nbdPort);
     // writes into two 4 MiB extents only
     let cookie = 1n;
     for (const offset of [4 * 1024 * 1024 + 8192, 20 * 1024 * 1024]) {
@@ -140,7 +67,7 @@ describe('a Primary crashes', () => {
       cookie++;
     }
     c.destroy();
-    await killHard(p.alpha);
+    await killDaemon(p.alpha);
     await waitForStatus(p.beta, (s) => s.peers[0]?.connection !== 'Connected');
     // Keep beta away until alpha's marks can be read.
     await mustSucceed(p.beta.cli('disconnect', 'r0'));
@@ -178,7 +105,7 @@ describe('a disk that fails', () => {
     await mustSucceed(p.alpha.cli('primary', 'r0', '--force'));
     await waitForStatus(p.beta, (s) => s.disk === 'UpToDate' && s.peers[0]?.replication === 'Established');
 
-    const c = await client(p.alpha);
+    const c = await openExport(p.alpha.nbdPort);
     const acked = new Map<number, number>();
     let failed = 0;
     try {
@@ -201,17 +128,9 @@ describe('a disk that fails', () => {
     // every acknowledged block reads back through alpha (served by beta) and from beta itself
     await mustSucceed(p.alpha.cli('secondary', 'r0'));
     await mustSucceed(p.beta.cli('primary', 'r0'));
-    const reader = await client(p.beta);
+    const reader = await openExport(p.beta.nbdPort);
     try {
-      let cookie = 1n;
-      for (const [block, stamp] of acked) {
-        reader.readLengths.set(cookie, BLOCK);
-        reader.request({ type: NBD_CMD_READ, cookie, offset: block * BLOCK, length: BLOCK });
-        const r = await reader.readReply();
-        expect(errorOf(r)).toBe(0);
-        if (!r.data.equals(stamped(block, stamp))) throw new Error(`acknowledged block ${block} is wrong on beta`);
-        cookie++;
-      }
+      await expectAckedReadBack(reader, acked, 'beta');
     } finally {
       reader.destroy();
     }

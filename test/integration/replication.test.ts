@@ -4,10 +4,11 @@
  * resync after a disconnect, and authentication.
  */
 import { spawn } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { expectSameData } from '../helpers/disk-data.js';
 import { makePair, statusOf, upPair, waitForStatus, type Pair, type PairNode } from '../helpers/pair.js';
 import { mustSucceed, runCli } from '../helpers/single-node.js';
 import { missingTools } from '../helpers/tools.js';
@@ -42,23 +43,6 @@ async function must(cmd: string, args: string[]): Promise<string> {
   return r.stdout;
 }
 
-/** sha256 of the first `bytes` of a file: the data area of a disk. */
-async function hashPrefix(file: string, bytes: number): Promise<string> {
-  const fh = await fsp.open(file, 'r');
-  try {
-    const h = createHash('sha256');
-    const buf = Buffer.alloc(1024 * 1024);
-    for (let at = 0; at < bytes; at += buf.length) {
-      const n = Math.min(buf.length, bytes - at);
-      const { bytesRead } = await fh.read(buf, 0, n, at);
-      h.update(buf.subarray(0, bytesRead));
-    }
-    return h.digest('hex');
-  } finally {
-    await fh.close();
-  }
-}
-
 /** Bring a fresh pair up, make alpha Primary and wait for the initial full sync. */
 async function syncedPair(opts: Parameters<typeof makePair>[0] = {}): Promise<Pair> {
   const p = await pair(opts);
@@ -70,9 +54,8 @@ async function syncedPair(opts: Parameters<typeof makePair>[0] = {}): Promise<Pa
   return p;
 }
 
-async function expectSameData(p: Pair): Promise<void> {
-  const size = (await statusOf(p.alpha)).sizeBytes;
-  expect(await hashPrefix(p.alpha.diskPath, size)).toBe(await hashPrefix(p.beta.diskPath, size));
+async function expectPairSameData(p: Pair): Promise<void> {
+  await expectSameData(p.nodes, (await statusOf(p.alpha)).sizeBytes);
 }
 
 async function bytesSentTo(n: PairNode): Promise<number> {
@@ -86,7 +69,7 @@ describe.skipIf(missing.length > 0)('two nodes replicating', () => {
     const beta = await statusOf(p.beta);
     expect(beta.role).toBe('Secondary');
     expect(beta.peers[0]).toMatchObject({ node: 'alpha', role: 'Primary', connection: 'Connected', replication: 'Established' });
-    await expectSameData(p);
+    await expectPairSameData(p);
   });
 
   for (const protocol of ['A', 'B', 'C'] as const) {
@@ -104,7 +87,7 @@ describe.skipIf(missing.length > 0)('two nodes replicating', () => {
       const a = await fsp.readFile(src);
       const b = (await fsp.readFile(out)).subarray(0, a.length);
       expect(b.equals(a)).toBe(true);
-      await expectSameData(p);
+      await expectPairSameData(p);
     });
   }
 
@@ -129,7 +112,7 @@ describe.skipIf(missing.length > 0)('two nodes replicating', () => {
     // the blocks themselves plus packet headers and the handshake: ~1 %, far from the whole disk
     expect(moved).toBeGreaterThanOrEqual(dirty * 4096);
     expect(moved).toBeLessThan(size * 0.02);
-    await expectSameData(p);
+    await expectPairSameData(p);
   });
 
   it('a peer with the wrong shared secret is refused before it can send data', async () => {
@@ -172,7 +155,7 @@ describe.skipIf(missing.length > 0)('operator verbs on a pair', () => {
     await mustSucceed(p.alpha.cli('connect', 'r0'));
     await waitForStatus(p.alpha, (x) => x.peers[0]?.replication === 'Established' && x.peers[0]?.outOfSyncBytes === 0);
     await waitForStatus(p.beta, (x) => x.disk === 'UpToDate');
-    await expectSameData(p);
+    await expectPairSameData(p);
   });
 
   it('new-current-uuid --clear-bitmap skips the initial sync of two fresh disks', async () => {
@@ -251,7 +234,7 @@ describe.skipIf(missing.length > 0)('detach and attach', () => {
     await waitForStatus(p.alpha, (s) => s.disk === 'UpToDate' && s.peers[0]?.replication === 'Established');
     await waitForStatus(p.beta, (s) => s.peers[0]?.outOfSyncBytes === 0);
     await must('qemu-io', ['-f', 'raw', '-c', 'read -P 0x78 8M 64k', '-c', 'read -P 0x77 8256k 960k', '-c', 'read -P 0x79 20M 1M', p.alpha.uri]);
-    await expectSameData(p);
+    await expectPairSameData(p);
   });
 
   it('a Primary resyncing its own disk: writes during the copy are never overwritten by older copies, reads of uncopied blocks come from the peer', async () => {
@@ -275,7 +258,7 @@ describe.skipIf(missing.length > 0)('detach and attach', () => {
     await waitForStatus(p.alpha, (s) => s.disk === 'UpToDate' && s.peers[0]?.replication === 'Established', 60_000);
     await must('qemu-io', ['-f', 'raw', '-c', 'read -P 0x52 30M 1M', '-c', 'read -P 0x53 17M 4k', '-c', 'read -P 0x51 16M 1M', '-c', 'read -P 0x51 31M 1M', p.alpha.uri]);
     await waitForStatus(p.beta, (s) => s.peers[0]?.outOfSyncBytes === 0);
-    await expectSameData(p);
+    await expectPairSameData(p);
   }, 90_000);
 
   it('a Secondary that detaches is marked for what it misses and resyncs only that on attach', async () => {
@@ -287,7 +270,7 @@ describe.skipIf(missing.length > 0)('detach and attach', () => {
     await mustSucceed(p.beta.cli('attach', 'r0'));
     await waitForStatus(p.beta, (s) => s.disk === 'UpToDate' && s.peers[0]?.replication === 'Established');
     await waitForStatus(p.alpha, (s) => s.peers[0]?.outOfSyncBytes === 0);
-    await expectSameData(p);
+    await expectPairSameData(p);
   });
 });
 
@@ -314,7 +297,7 @@ describe.skipIf(missing.length > 0 || missingTools('openssl').length > 0)('TLS b
     await mustSucceed(p.beta.cli('up', 'r0'));
     await waitForStatus(p.beta, (s) => s.disk === 'UpToDate' && s.peers[0]?.replication === 'Established');
     await must('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5c 0 128k', p.alpha.uri]);
-    await expectSameData(p);
+    await expectPairSameData(p);
   });
 });
 
@@ -352,7 +335,7 @@ describe.skipIf(missing.length > 0)('more of the replication link', () => {
     await must('qemu-io', ['-f', 'raw', '-c', 'write -P 0x6d 2M 128k', p.alpha.uri]);
     const beta = await statusOf(p.beta);
     expect(beta.peers[0]).toMatchObject({ connection: 'Connected', replication: 'Established' });
-    await expectSameData(p);
+    await expectPairSameData(p);
     const log = await fsp.readFile(path.join(p.beta.runDir, 'beta.log'), 'utf8');
     expect(log).toMatch(/refused a peer connection/);
   });
@@ -373,7 +356,7 @@ describe.skipIf(missing.length > 0)('more of the replication link', () => {
     expect(moved).toBeGreaterThanOrEqual(64 * 1024);
     expect(moved).toBeLessThan(1024 * 1024);
     expect(size).toBeGreaterThan(0);
-    await expectSameData(p);
+    await expectPairSameData(p);
   });
 
   it('pause-sync holds a resync and resume-sync finishes it; invalidate-remote copies everything to the peer', async () => {
@@ -397,7 +380,7 @@ describe.skipIf(missing.length > 0)('more of the replication link', () => {
     await waitForStatus(p.beta, (s) => s.peers[0]?.replication === 'SyncTarget' || s.disk === 'Inconsistent', 10_000);
     await waitForStatus(p.beta, (s) => s.disk === 'UpToDate' && s.peers[0]?.replication === 'Established', 60_000);
     expect((await bytesSentTo(p.alpha)) - before).toBeGreaterThanOrEqual(size);
-    await expectSameData(p);
+    await expectPairSameData(p);
   });
 });
 
@@ -412,8 +395,7 @@ describe.skipIf(missing.length > 0)('disks of different sizes', () => {
     await mustSucceed(p.alpha.cli('primary', 'r0', '--force'));
     await waitForStatus(p.beta, (s) => s.disk === 'UpToDate' && s.peers[0]?.replication === 'Established');
     await must('qemu-io', ['-f', 'raw', '-c', `write -P 0x4e ${beta.sizeBytes - 65536} 64k`, p.alpha.uri]);
-    const hashA = await hashPrefix(p.alpha.diskPath, beta.sizeBytes);
-    expect(hashA).toBe(await hashPrefix(p.beta.diskPath, beta.sizeBytes));
+    await expectSameData(p.nodes, beta.sizeBytes);
   });
 
   it('a Primary exporting its whole bigger disk is not shrunk under its clients: the smaller peer stays StandAlone', async () => {

@@ -9,10 +9,10 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { afterEach, describe, expect, it } from 'vitest';
-import { NBD_CMD_READ, NBD_CMD_WRITE } from '../../src/nbd/constants.js';
+import { expectSameData } from '../helpers/disk-data.js';
 import { mustSucceed } from '../helpers/single-node.js';
 import { missingTools } from '../helpers/tools.js';
-import { RawClient, type Reply } from './helpers/nbd-raw-client.js';
+import { expectAckedReadBack, openExport, scatteredOrder, stampedWriteLoad } from './helpers/stamped-writes.js';
 import {
   daemonLog,
   makeTrio,
@@ -24,9 +24,7 @@ import {
   type TrioNode,
   type TrioOptions,
 } from './roles/trio.js';
-import { hashPrefix } from './mesh/three-nodes.js';
 
-const BLOCK = 4096;
 const MiB = 1024 * 1024;
 const missing = missingTools('qemu-io', 'nbdsh');
 const QUORUM_AUTO = 'quorum majority; auto-promote yes;';
@@ -209,77 +207,26 @@ async function trioWithPrimary(opts: TrioOptions = {}): Promise<Trio> {
   return t;
 }
 
-/** A block that says which write it is: the block number and a stamp, repeated. */
-function stamped(block: number, stamp: number): Buffer {
-  const b = Buffer.alloc(BLOCK);
-  for (let at = 0; at < BLOCK; at += 8) {
-    b.writeUInt32BE(block, at);
-    b.writeUInt32BE(stamp, at + 4);
-  }
-  return b;
-}
-
-function errorOf(r: Reply): number {
-  if (r.header.kind !== 'simple') throw new Error('expected a simple reply');
-  return r.header.error;
-}
-
-async function rawClient(n: TrioNode): Promise<RawClient> {
-  const c = await RawClient.connect({ kind: 'tcp', host: '127.0.0.1', port: n.nbdPort });
-  await c.negotiate({ name: 'r0' });
-  return c;
-}
-
 /**
  * Writes stamped blocks (queue depth 4) into blocks [first, first + count)
- * until the connection breaks or `count` are done; returns what was
- * acknowledged. `onAcked` runs after each acknowledgement (to pull the trigger).
+ * through `n`'s export until the connection breaks or `count` are done;
+ * returns what was acknowledged. `onAcked` runs after each acknowledgement
+ * (to pull the trigger).
  */
-async function writeUntilBroken(c: RawClient, first: number, count: number, onAcked: (n: number) => void): Promise<Map<number, number>> {
-  const acked = new Map<number, number>();
-  const inFlight = new Map<bigint, { block: number; stamp: number }>();
-  let next = 0;
-  let cookie = 1n;
-  const send = (): void => {
-    if (next >= count) return;
-    const block = first + ((next * 7919) % count);
-    const stamp = next + 1;
-    next++;
-    inFlight.set(cookie, { block, stamp });
-    c.request({ type: NBD_CMD_WRITE, cookie, offset: block * BLOCK, length: BLOCK }, stamped(block, stamp));
-    cookie++;
-  };
-  for (let i = 0; i < 4; i++) send();
+async function writeUntilBroken(n: TrioNode, first: number, count: number, onAcked: (n: number) => void): Promise<Map<number, number>> {
+  const c = await openExport(n.nbdPort);
   try {
-    while (inFlight.size > 0) {
-      const r = await c.readReply(10_000);
-      const w = inFlight.get(r.header.cookie);
-      if (!w) throw new Error(`reply for unknown cookie ${r.header.cookie}`);
-      inFlight.delete(r.header.cookie);
-      if (errorOf(r) !== 0) break;
-      acked.set(w.block, w.stamp);
-      onAcked(acked.size);
-      send();
-    }
-  } catch {
-    // the server died under the client: what was acknowledged is what counts
+    return (await stampedWriteLoad(c, { order: scatteredOrder(count, first), queueDepth: 4, onAcked, errorReply: 'end' })).acked;
+  } finally {
+    c.destroy();
   }
-  return acked;
 }
 
 /** Every acknowledged stamped block reads back from `n`'s export. */
 async function expectAcked(n: TrioNode, acked: Map<number, number>): Promise<void> {
-  const reader = await rawClient(n);
+  const reader = await openExport(n.nbdPort);
   try {
-    let cookie = 1n;
-    for (const [block, stamp] of acked) {
-      reader.readLengths.set(cookie, BLOCK);
-      reader.request({ type: NBD_CMD_READ, cookie, offset: block * BLOCK, length: BLOCK });
-      const r = await reader.readReply();
-      expect(errorOf(r)).toBe(0);
-      if (!r.data.equals(stamped(block, stamp))) throw new Error(`acknowledged write of block ${block} (stamp ${stamp}) is missing on ${n.name}`);
-      cookie++;
-    }
+    await expectAckedReadBack(reader, acked, n.name);
   } finally {
     reader.destroy();
   }
@@ -335,12 +282,10 @@ describe.skipIf(missing.length > 0)('automatic failover (quorum majority, auto-p
     // a pattern written and acknowledged by a real client
     await qemuIo(t.alpha, 'write -P 0xa5 0 1M', 'write -P 0x5a 4M 512k', 'flush');
     // and a load in flight when the Primary dies
-    const c = await rawClient(t.alpha);
     let killed: Promise<void> | null = null;
-    const acked = await writeUntilBroken(c, 2048, 1024, (n) => {
+    const acked = await writeUntilBroken(t.alpha, 2048, 1024, (n) => {
       if (n === 200) killed = t.alpha.killHard();
     });
-    c.destroy();
     expect(killed).not.toBeNull();
     await killed;
     expect(acked.size).toBeGreaterThanOrEqual(200);
@@ -382,8 +327,7 @@ describe.skipIf(missing.length > 0)('automatic failover (quorum majority, auto-p
     expect(logs.witness.events.filter((e) => e.type === 'role')).toEqual([]);
     expect(logs.beta.events.filter((e) => e.type === 'role' && e.to === 'Primary')).toHaveLength(1);
     // alpha took what beta wrote without it
-    const size = (await statusOf(t.beta)).sizeBytes;
-    expect(await hashPrefix(t.alpha.diskPath!, size)).toBe(await hashPrefix(t.beta.diskPath!, size));
+    await expectSameData([t.alpha, t.beta], (await statusOf(t.beta)).sizeBytes);
     await qemuIo(t.beta, 'read -P 0x11 0 1M', 'read -P 0x22 1M 2M');
   });
 });

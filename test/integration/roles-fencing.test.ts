@@ -15,14 +15,14 @@
  *   I/O until fence-peer answers, and keeps holding it when the handler
  *   fails, until `mirrorbd resume-io`.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { mustSucceed } from '../helpers/single-node.js';
 import { missingTools } from '../helpers/tools.js';
 import {
+  clusterPerTest,
   ctl,
   dataArea,
   killDaemon,
-  makeCluster,
   qemuIo,
   sleep,
   status,
@@ -34,20 +34,7 @@ import {
 
 const missing = missingTools('qemu-io');
 
-const clusters: Cluster[] = [];
-afterEach(async (ctx) => {
-  while (clusters.length > 0) {
-    const c = clusters.pop()!;
-    if (ctx.task.result?.state === 'fail') console.log(await c.logTail());
-    await c.stop();
-  }
-});
-
-async function cluster(net: string): Promise<Cluster> {
-  const c = await makeCluster({ net, handlers: ['fence-peer'] });
-  clusters.push(c);
-  return c;
-}
+const cluster = clusterPerTest(['fence-peer']);
 
 const seqOf = (events: MirrorEventJson[], pred: (e: MirrorEventJson) => boolean): number => events.find(pred)?.seq ?? -1;
 

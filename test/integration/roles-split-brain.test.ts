@@ -16,15 +16,15 @@
  * the policy allows, and otherwise give the sides change counts that the
  * fall-back rules would decide the other way.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { PairNode } from '../helpers/pair.js';
 import { mustSucceed } from '../helpers/single-node.js';
 import { missingTools } from '../helpers/tools.js';
 import {
+  clusterPerTest,
   ctl,
   dataArea,
   differingBlocks,
-  makeCluster,
   qemuIo,
   status,
   upSynced,
@@ -62,20 +62,7 @@ interface SplitResult {
   events: Record<'alpha' | 'beta', EventRecorder>;
 }
 
-const clusters: Cluster[] = [];
-afterEach(async (ctx) => {
-  while (clusters.length > 0) {
-    const c = clusters.pop()!;
-    if (ctx.task.result?.state === 'fail') console.log(await c.logTail());
-    await c.stop();
-  }
-});
-
-async function cluster(net: string): Promise<Cluster> {
-  const c = await makeCluster({ net, handlers: ['split-brain'] });
-  clusters.push(c);
-  return c;
-}
+const cluster = clusterPerTest(['split-brain']);
 
 function blocksOf(writes: BlockWrite[]): Set<number> {
   const s = new Set<number>();

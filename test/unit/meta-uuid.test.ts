@@ -28,12 +28,14 @@ test('rotateHistory pushes the retired UUID to the front and drops the oldest; 0
   expect(rotateHistory([2n, 1n], 0n)).toEqual([2n, 1n]);
 });
 
-test('a new generation with a peer away: the old current becomes that peer\'s bitmap UUID', () => {
+test('a new generation with a peer away: the old current becomes that peer\'s bitmap UUID, and goes to history too', () => {
   const set = { current: 10n, bitmap: [0n, 0n], history: [5n, 4n] as const };
   const next = newGeneration(set, [1], 11n);
-  expect(next).toEqual({ current: 11n, bitmap: [0n, 10n], history: [5n, 4n] });
+  expect(next).toEqual({ current: 11n, bitmap: [0n, 10n], history: [10n, 5n] });
   // Away again before a resync: the bitmap keeps counting from the older generation; 11 goes to history.
-  expect(newGeneration(next, [1], 12n)).toEqual({ current: 12n, bitmap: [0n, 10n], history: [11n, 5n] });
+  expect(newGeneration(next, [1], 12n)).toEqual({ current: 12n, bitmap: [0n, 10n], history: [11n, 10n] });
+  // A second peer lost later counts from the generation in between, which history keeps.
+  expect(newGeneration(next, [0], 12n)).toEqual({ current: 12n, bitmap: [11n, 10n], history: [11n, 10n] });
 });
 
 test('a new generation with nobody away retires the old current to history; from 0 nothing is retired', () => {

@@ -138,6 +138,9 @@ describe('sync decision: earlier rules win', () => {
     ['bitmap-peer before bitmap-both', input({ current: Y, bitmap: Z }, { current: X, bitmap: Y }), 'bitmap-peer'],
     ['history-peer before bitmap-both', input({ current: Y, bitmap: Z }, { current: X, bitmap: Z, history: [Y, 0n] }), 'history-peer'],
     ['bitmap-both before history-both', input({ current: X, bitmap: Z, history: [W, 0n] }, { current: Y, bitmap: Z, history: [W, 0n] }), 'bitmap-both'],
+    // a Primary that lost two peers one after the other: the later one's bitmap counts from the generation in between
+    ['bitmap-both through a generation in between', input({ current: X, bitmap: W, history: [W, Z] }, { current: Y, bitmap: Z, history: [0n, 0n] }), 'bitmap-both'],
+    ['history-both through a bitmap UUID', input({ current: X, bitmap: Z, history: [0n, 0n] }, { current: Y, bitmap: 0n, history: [Z, 0n] }), 'history-both'],
     ['zero history entries are never common', input({ current: X }, { current: Y }), 'unrelated'],
     ['zero bitmaps are never equal', input({ current: X, bitmap: 0n }, { current: Y, bitmap: 0n }), 'unrelated'],
   ];

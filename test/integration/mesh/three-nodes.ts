@@ -11,7 +11,6 @@
  * always runs from the host: it talks to the daemons over the control
  * sockets in their run dirs.
  */
-import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -56,8 +55,12 @@ export interface Mesh {
 
 export interface MeshOptions {
   diskSizeBytes?: number;
-  /** Lines inside `net { }`, after MESH_NET. */
+  /** The failure-detection timers at the start of `net { }`, instead of MESH_NET. */
+  timers?: string;
+  /** Lines inside `net { }`, after the timers. */
   net?: string;
+  /** Lines inside `options { }` (quorum, on-no-quorum, auto-promote...); no `options` section without it. */
+  options?: string;
   /** Lines inside `disk { }`. */
   disk?: string;
   /** Run every node in its own namespace of this harness (which must have 3 nodes). */
@@ -126,8 +129,9 @@ export async function makeMesh(opts: MeshOptions = {}): Promise<Mesh> {
     `global { run-dir ${path.join(dir, 'run-%n')}; }`,
     'resource r0 {',
     '  meta-disk internal;',
-    `  net { ${MESH_NET} ${opts.net ?? ''} }`,
+    `  net { ${opts.timers ?? MESH_NET} ${opts.net ?? ''} }`,
     `  disk { ${opts.disk ?? ''} }`,
+    ...(opts.options === undefined ? [] : [`  options { ${opts.options} }`]),
     ...nodes.map((n) => `  on ${n.name} { node-id ${n.nodeId}; disk ${n.diskPath}; address ${n.host}:${n.peerPort}; nbd-address ${n.host}:${n.nbdPort}; }`),
     '}',
     '',
@@ -148,7 +152,8 @@ export async function makeMesh(opts: MeshOptions = {}): Promise<Mesh> {
         if (h && harnessPids.get(n.name) === pid) await h.stop(pid);
         else await stopProcess(pid);
       }
-      await fsp.rm(dir, { recursive: true, force: true });
+      if (process.env.MIRRORBD_KEEP_TEST_DIRS === "1") console.error(`kept ${dir}`);
+      else await fsp.rm(dir, { recursive: true, force: true });
     },
   };
 }
@@ -173,7 +178,13 @@ export interface MeshStatus {
   name: string;
   node: string;
   role: string;
+  /** Why the role last changed (docs/status.md). */
+  roleReason: string;
   disk: string;
+  quorum: { have: boolean; votes: number; needed: number; voters: number; reason: string; setting: string; onNoQuorum: string };
+  /** Why I/O is held now, e.g. "no quorum". */
+  suspended: string[];
+  promotion: { autoPromote: boolean; candidates: string[]; reason: string; failoverPending: boolean; lastFailoverChoice: string | null };
   sizeBytes: number;
   peers: MeshPeerStatus[];
   generation: { current: string; history: string[] };
@@ -216,41 +227,5 @@ export async function waitForMeshConnected(nodes: MeshNode[], timeoutMs = 30_000
   }
 }
 
-/** sha256 of the first `bytes` of a file: the data area of a disk with internal metadata. */
-export async function hashPrefix(file: string, bytes: number): Promise<string> {
-  const fh = await fsp.open(file, 'r');
-  try {
-    const h = createHash('sha256');
-    const buf = Buffer.alloc(1024 * 1024);
-    for (let at = 0; at < bytes; at += buf.length) {
-      const n = Math.min(buf.length, bytes - at);
-      const { bytesRead } = await fh.read(buf, 0, n, at);
-      h.update(buf.subarray(0, bytesRead));
-    }
-    return h.digest('hex');
-  } finally {
-    await fh.close();
-  }
-}
-
-/** 4 KiB blocks (block numbers) whose contents differ between the data areas of two disk files. */
-export async function differingBlocks(a: string, b: string, bytes: number, limit = 20): Promise<number[]> {
-  const [fa, fb] = [await fsp.open(a, 'r'), await fsp.open(b, 'r')];
-  try {
-    const out: number[] = [];
-    const ba = Buffer.alloc(1024 * 1024);
-    const bb = Buffer.alloc(1024 * 1024);
-    for (let at = 0; at < bytes && out.length < limit; at += ba.length) {
-      const n = Math.min(ba.length, bytes - at);
-      await fa.read(ba, 0, n, at);
-      await fb.read(bb, 0, n, at);
-      for (let o = 0; o < n && out.length < limit; o += 4096) {
-        if (!ba.subarray(o, o + 4096).equals(bb.subarray(o, o + 4096))) out.push((at + o) / 4096);
-      }
-    }
-    return out;
-  } finally {
-    await fa.close();
-    await fb.close();
-  }
-}
+// Comparing data areas lives in test/helpers/disk-data.ts (re-exported for the mesh tests).
+export { differingBlocks, hashPrefix } from '../../helpers/disk-data.js';

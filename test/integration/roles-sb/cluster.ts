@@ -17,10 +17,14 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { afterEach } from 'vitest';
 import { callDaemon, type ControlCall } from '../../../src/cli/control-client.js';
 import { daemonPaths } from '../../../src/daemon/run-dir.js';
+import { daemonLog, pollStatus, resourceConfig, stopDaemon } from '../../helpers/cluster-node.js';
 import { FAST_NET, makePair, type Pair, type PairNode, type StatusJson } from '../../helpers/pair.js';
-import { cliPath, mustSucceed, stopProcess, type CliResult } from '../../helpers/single-node.js';
+import { cliPath, mustSucceed, type CliResult } from '../../helpers/single-node.js';
+
+export { killDaemon } from '../../helpers/cluster-node.js';
 
 export const HANDLER_NAMES = [
   'fence-peer',
@@ -190,15 +194,8 @@ export async function ctl(n: PairNode, cmd: string, opts: Record<string, unknown
 }
 
 /** Poll until `check` passes on the node's status, or fail with the last status. */
-export async function waitFor(n: PairNode, check: (s: ResourceStatusJson) => boolean, timeoutMs = 20_000): Promise<ResourceStatusJson> {
-  const deadline = Date.now() + timeoutMs;
-  let last: ResourceStatusJson | null = null;
-  while (Date.now() < deadline) {
-    last = await status(n);
-    if (check(last)) return last;
-    await sleep(50);
-  }
-  throw new Error(`status of ${n.name} never matched; last: ${JSON.stringify(last)}`);
+export function waitFor(n: PairNode, check: (s: ResourceStatusJson) => boolean, timeoutMs = 20_000): Promise<ResourceStatusJson> {
+  return pollStatus(n, () => status(n), check, timeoutMs, 50);
 }
 
 function quote(s: string): string {
@@ -237,20 +234,12 @@ export async function makeCluster(opts: ClusterOptions = {}): Promise<Cluster> {
 
   const configure = async (o: ClusterOptions): Promise<void> => {
     const handlers = (o.handlers ?? []).map((h) => `${h} ${quote(`/bin/sh ${hook} ${h}`)};`);
-    const lines = [
-      `global { run-dir ${path.join(pair.dir, 'run-%n')}; }`,
-      'resource r0 {',
-      '  meta-disk internal;',
-      `  net { ${FAST_NET} ${o.net ?? ''} }`,
-      `  options { handler-timeout 20; ${o.options ?? ''} }`,
-      `  handlers { ${handlers.join(' ')} }`,
-      ...pair.nodes.map(
-        (n) => `  on ${n.name} { node-id ${n.nodeId}; disk ${n.diskPath}; address 127.0.0.1:${n.peerPort}; nbd-address 127.0.0.1:${n.nbdPort}; }`,
-      ),
-      '}',
-      '',
+    const sections = [
+      `net { ${FAST_NET} ${o.net ?? ''} }`,
+      `options { handler-timeout 20; ${o.options ?? ''} }`,
+      `handlers { ${handlers.join(' ')} }`,
     ];
-    await fsp.writeFile(pair.configFile, lines.join('\n'));
+    await fsp.writeFile(pair.configFile, resourceConfig(pair.dir, sections, pair.nodes));
   };
   await configure(opts);
 
@@ -330,25 +319,38 @@ export async function makeCluster(opts: ClusterOptions = {}): Promise<Cluster> {
       );
       return { done, finished: () => finished };
     },
-    logTail: async (lines = 60) => {
-      const out: string[] = [];
-      for (const n of pair.nodes) {
-        const text = await fsp.readFile(daemonPaths(n.runDir, n.name).log, 'utf8').catch(() => '(no log)');
-        out.push(`--- ${n.name}.log`, ...text.trimEnd().split('\n').slice(-lines));
-      }
-      return out.join('\n');
-    },
+    logTail: async (lines = 60) => (await Promise.all(pair.nodes.map((n) => daemonLog(n, lines)))).join('\n'),
     stop: async () => {
       for (const r of recorders) r.stop();
       for (const c of children) if (c.exitCode === null && c.signalCode === null && c.pid !== undefined) c.kill('SIGKILL');
       // Both daemons at once (each takes a moment to shut down cleanly); then
       // the pair's own stop finds them gone and removes the files.
-      const pids = await Promise.all(pair.nodes.map((n) => n.daemonPid()));
-      await Promise.all(pids.map((pid) => (pid === null ? undefined : stopProcess(pid))));
+      await Promise.all(pair.nodes.map(stopDaemon));
       await pair.stop();
     },
   };
   return cluster;
+}
+
+/**
+ * For a test file whose tests each make their own cluster, with these
+ * handlers: the maker, given the `net` lines. After each test the clusters
+ * it made are stopped, and their daemon logs printed when it failed.
+ */
+export function clusterPerTest(handlers: readonly HookName[]): (net: string) => Promise<Cluster> {
+  const clusters: Cluster[] = [];
+  afterEach(async (ctx) => {
+    while (clusters.length > 0) {
+      const c = clusters.pop()!;
+      if (ctx.task.result?.state === 'fail') console.log(await c.logTail());
+      await c.stop();
+    }
+  });
+  return async (net) => {
+    const c = await makeCluster({ net, handlers });
+    clusters.push(c);
+    return c;
+  };
 }
 
 /**
@@ -410,32 +412,6 @@ export function differingBlocks(a: Buffer, b: Buffer, max = 8): number[] {
     if (!a.subarray(at, at + 4096).equals(b.subarray(at, at + 4096))) out.push(at / 4096);
   }
   return out;
-}
-
-/** Whether a process still runs (a zombie waiting for its parent to reap it does not). */
-async function running(pid: number): Promise<boolean> {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  const stat = await fsp.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => null);
-  // the state follows the command name in parentheses: "PID (COMM) S ..."
-  return stat === null || stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-}
-
-/** Ends a daemon as a crash would: SIGKILL by the pid in its pid file. */
-export async function killDaemon(n: PairNode): Promise<void> {
-  const pid = await n.daemonPid();
-  if (pid === null) throw new Error(`no pid file for ${n.name}`);
-  process.kill(pid, 'SIGKILL');
-  const deadline = Date.now() + 5000;
-  while (await running(pid)) {
-    if (Date.now() > deadline) throw new Error(`daemon ${pid} of ${n.name} did not end`);
-    await sleep(25);
-  }
-  // Gone: its pid file must not name a pid that may be reused later.
-  await fsp.rm(path.join(n.runDir, `${n.name}.pid`), { force: true });
 }
 
 export { sleep };

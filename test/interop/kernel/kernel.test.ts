@@ -13,6 +13,8 @@ import { existsSync, createReadStream, createWriteStream } from 'node:fs';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { killDaemon } from '../../helpers/cluster-node.js';
+import { expectSameData } from '../../helpers/disk-data.js';
 import { makePair, statusOf, upPair, waitForStatus, type Pair, type PairNode } from '../../helpers/pair.js';
 import { mustSucceed } from '../../helpers/single-node.js';
 import { missingTools, requireTools } from '../../helpers/tools.js';
@@ -51,29 +53,6 @@ function makeFiles(): Map<string, Buffer> {
 }
 
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
-
-/** sha256 of the first `bytes` of a file. */
-async function sha256Prefix(file: string, bytes: number): Promise<string> {
-  const h = createHash('sha256');
-  await pipeline(createReadStream(file, { start: 0, end: bytes - 1 }), h);
-  return h.digest('hex');
-}
-
-async function killHard(n: PairNode): Promise<void> {
-  const pid = await n.daemonPid();
-  if (pid === null) throw new Error(`${n.name} has no daemon pid`);
-  process.kill(pid, 'SIGKILL');
-  const deadline = Date.now() + 5000;
-  while (Date.now() < deadline) {
-    try {
-      process.kill(pid, 0);
-    } catch {
-      return;
-    }
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  throw new Error(`pid ${pid} survived SIGKILL`);
-}
 
 describe.skipIf(missing.length > 0)('the Linux kernel NBD client in a qemu guest', () => {
   let image: GuestImage;
@@ -130,11 +109,11 @@ describe.skipIf(missing.length > 0)('the Linux kernel NBD client in a qemu guest
 
   it('after kill -9 of the Primary, both disks hold the same data and the Secondary can be promoted', async (ctx) => {
     if (unavailable !== null) return ctx.skip();
-    await killHard(pair.alpha);
+    await killDaemon(pair.alpha);
     await waitForStatus(pair.beta, (s) => s.peers[0]?.connection !== 'Connected', 15_000);
     // Protocol C, and the client flushed and disconnected before the kill:
     // the data areas of the two disks are byte for byte the same.
-    expect(await sha256Prefix(pair.beta.diskPath, sizeBytes)).toBe(await sha256Prefix(pair.alpha.diskPath, sizeBytes));
+    await expectSameData([pair.beta, pair.alpha], sizeBytes);
     await mustSucceed(pair.beta.cli('primary', 'r0', '--force'));
     const s = await waitForStatus(pair.beta, (st) => st.role === 'Primary', 15_000);
     expect(s.disk).toBe('UpToDate');
