@@ -234,10 +234,9 @@ describe.skipIf(missing.length > 0)('three nodes in a full mesh (loopback)', () 
     if (differ.length > 0) console.warn(`gamma differs from the new Primary beta in ${differ.length} block(s) that were in flight at the kill: ${differ.join(', ')}`);
   }, TEST_TIMEOUT_MS);
 
-  // Bug: the activity log of a crashed Primary marks each hot 4 MiB extent
-  // whole (resource/replica.ts, Replica.attach); the data area with internal
-  // metadata is never a multiple of 4 MiB, so a hot last extent reaches past
-  // it, the bitmap refuses the range and `up` fails with ERR_INTERNAL.
+  // The data area with internal metadata is never a multiple of the 4 MiB
+  // activity-log extent: a crashed Primary's hot last extent is marked only
+  // as far as the data reaches (it once made `up` fail).
   it('a Primary killed after writing into the last, partial 4 MiB extent comes up again', async () => {
     const m = await syncedMesh();
     const size = (await statusOf(m.alpha)).sizeBytes;
@@ -248,19 +247,17 @@ describe.skipIf(missing.length > 0)('three nodes in a full mesh (loopback)', () 
     expect((await statusOf(m.alpha)).flags).toContain('CRASHED_PRIMARY');
   }, TEST_TIMEOUT_MS);
 
-  // Bug: a node that ends a resync as SyncTarget tells only its sync source
-  // that its disk is UpToDate (replication/peer.ts resyncDone); its other
-  // peers keep the disk state they saw at their handshake (Inconsistent) and
-  // never mark that connection as one that takes replication.
+  // A node that ends a resync as SyncTarget tells every peer, not only its
+  // source, that its disk is UpToDate; a full sync from the Primary settles
+  // the marks the two Secondaries kept for each other.
   it('after the initial sync the two Secondaries see each other UpToDate', async () => {
     const m = await syncedMesh();
     await waitForStatus(m.beta, (s) => peerOf(s, 'gamma').peerDisk === 'UpToDate' && peerOf(s, 'gamma').outOfSyncBytes === 0, 10_000);
     await waitForStatus(m.gamma, (s) => peerOf(s, 'beta').peerDisk === 'UpToDate' && peerOf(s, 'beta').outOfSyncBytes === 0, 10_000);
   }, TEST_TIMEOUT_MS);
 
-  // The consequence of the bug above after a failover: the new Primary does
-  // not replicate to the third node, although it is connected and UpToDate;
-  // it acknowledges writes that only it holds (G1) and marks them instead.
+  // After a failover the new Primary replicates to the third node, which is
+  // connected and UpToDate, instead of acknowledging writes only it holds (G1).
   it('after a failover the new Primary replicates every write to the third node at once (protocol C)', async () => {
     const m = await syncedMesh();
     const size = (await statusOf(m.alpha)).sizeBytes;
@@ -332,12 +329,10 @@ describe.skipIf(missing.length > 0 || noNetns)('three nodes in a full mesh (netw
     await h?.destroy();
   });
 
-  // Bug: losing gamma, alpha starts a new data generation but does not give
-  // it to beta, which stays connected and gets every write. gamma resyncs
-  // from alpha and adopts the new generation; at the beta-gamma handshake
-  // beta's current UUID is then in gamma's history (rule history-peer), so
-  // beta becomes SyncTarget of gamma for the whole disk and ends with every
-  // block marked for alpha.
+  // Losing gamma, alpha starts a new data generation and gives it to beta,
+  // which stays connected and gets every write (NEW_GENERATION); gamma
+  // resyncs only what it missed, from the Primary, and beta never becomes
+  // SyncTarget of gamma for the whole disk.
   it('a Secondary cut off by the network misses writes, returns, resyncs only what it missed, and all three end identical', async () => {
     h = await createNetns({ nodes: 3 });
     const m = await syncedMesh({ netns: h });

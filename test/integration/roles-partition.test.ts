@@ -419,7 +419,6 @@ describe.skipIf(noNetns)('three data nodes, quorum majority, auto-promote: the P
     } | null;
   } = { harnesses: [], meshes: [], state: null };
   afterEach(async (ctx) => {
-    // (an expected failure, it.fails, prints its own message)
     if (ctx.task.result?.state === 'fail' && !ctx.task.fails) for (const m of cut.meshes) for (const n of m.nodes) console.error(await daemonLog(n));
   });
   afterAll(async () => {
@@ -515,15 +514,11 @@ describe.skipIf(noNetns)('three data nodes, quorum majority, auto-promote: the P
     );
   }, TEST_TIMEOUT_MS);
 
-  // Bugs (see the failure message printed below):
-  // 1. resource.ts secondary(): an outvoted Primary with NBD requests held
-  //    for lack of quorum never finishes demoting: it drains its clients
-  //    (which waits for the held requests) before it lifts the suspension
-  //    (which happens only once it is Secondary). alpha stays Demoting.
-  // 2. replica.ts newGenerationFor(): losing two peers at once starts two
-  //    generations concurrently from the same superblock; the second save
-  //    overwrites the first, so the bitmap UUID for one peer is lost and
-  //    that peer later finds "unrelated data" and goes StandAlone.
+  // What this guards: an outvoted Primary with NBD requests held for lack
+  // of quorum finishes demoting (its held requests fail, none is
+  // acknowledged); losing two peers at once starts two generations one
+  // after the other, and each peer is still recognised as related at the
+  // heal (bitmap UUIDs through the generation in between).
   it('at heal the old Primary steps down (outvoted), takes the new Primary\'s data, and all three end equal with every acknowledged write', async () => {
     try {
       // 4. heal: alpha meets the new Primary, steps down and takes its data
@@ -556,7 +551,7 @@ describe.skipIf(noNetns)('three data nodes, quorum majority, auto-promote: the P
           `${all.size} blocks checked on 3 nodes, 0 lost`,
       );
     } catch (e) {
-      console.warn(`known failure at heal: ${(e as Error).message.slice(0, 1500)}`);
+      console.warn(`failure at heal: ${(e as Error).message.slice(0, 1500)}`);
       throw e;
     }
   }, TEST_TIMEOUT_MS);
