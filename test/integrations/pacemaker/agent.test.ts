@@ -77,7 +77,8 @@ describe('OCF agent against a real node', () => {
     expect((await agent.run('demote')).code).toBe(OCF.SUCCESS);
     expect((await agent.run('stop')).code).toBe(OCF.SUCCESS);
     // It comes back: the next start brings a fresh daemon up, Secondary.
-    expect((await agent.run('start')).code).toBe(OCF.SUCCESS);
+    const again = await agent.run('start');
+    expect(again.code, `start after the kill: ${again.stderr}`).toBe(OCF.SUCCESS);
     expect((await agent.run('monitor')).code).toBe(OCF.SUCCESS);
     expect((await agent.run('stop')).code).toBe(OCF.SUCCESS);
   }, 120_000);
