@@ -2,7 +2,7 @@
  * Files of a node's daemon in the run dir: `<node>.pid`, `<node>.sock` and
  * `<node>.log` (the log of a daemon started in the background by `up`).
  */
-import { promises as fsp } from 'node:fs';
+import { promises as fsp, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { MirrorError } from '../errors.js';
 
@@ -31,10 +31,23 @@ export function daemonPaths(runDir: string, node: string): DaemonPaths {
 export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (e) {
     // EPERM: it exists but belongs to someone else.
     return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  // A daemon killed with -9 stays a zombie until whoever adopted it reaps
+  // it (in a container that may be never): it still answers kill(0), but it
+  // holds nothing. On Linux its state in /proc says so.
+  return !isZombie(pid);
+}
+
+function isZombie(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // "pid (comm) S ...": the state follows the last ')' (comm may hold one).
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z';
+  } catch {
+    return false;
   }
 }
 
