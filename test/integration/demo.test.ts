@@ -11,7 +11,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { repoRoot, stopProcess } from '../helpers/single-node.js';
 import { missingTools } from '../helpers/tools.js';
-import { readPid } from '../../src/daemon/run-dir.js';
+import { processAlive, readPid } from '../../src/daemon/run-dir.js';
 
 const demoJs = path.join(repoRoot, 'dist/src/cli/demo.js');
 const missing = missingTools('nbdinfo');
@@ -19,13 +19,9 @@ const missing = missingTools('nbdinfo');
 const URI_TIMEOUT_MS = 90_000;
 const EXIT_TIMEOUT_MS = 15_000;
 
+/** Running (a daemon that exited but is not reaped yet, a zombie, holds nothing and is not). */
 function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
+  return processAlive(pid);
 }
 
 
