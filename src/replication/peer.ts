@@ -762,11 +762,7 @@ export class Peer {
     // write completed, and before the connection is let go.
     const wasReplicating = s.replicating;
     s.replicating = false;
-    const lost = s.tl.takeLost();
-    const bitmap = this.o.port.bitmapFor(this.nodeId);
-    for (const r of lost.ranges) bitmap?.setRange(r.offset, r.length);
-    for (const waiters of s.barrierWaiters.values()) for (const w of waiters) w('lost');
-    s.barrierWaiters.clear();
+    const lost = this.takeUnconfirmed(s);
     for (const r of s.remoteReads.values()) r.reject(Object.assign(new Error(`lost ${this.name} during a read`), { errno: 'EIO' }));
     s.remoteReads.clear();
     s.data.close(reason);
@@ -1072,18 +1068,36 @@ export class Peer {
     }
   }
 
-  /** Tell the peer to take `current` as its generation (new-current-uuid). */
-  sendAdopt(current: bigint): void {
-    const s = this.established();
+  /**
+   * G1: every write the peer did not confirm is marked for it, and epochs
+   * waiting for it end as lost. The caller releases the writes (returned)
+   * once whatever must precede their completion is done.
+   */
+  private takeUnconfirmed(s: Session): ReturnType<TransferLog['takeLost']> {
+    const lost = s.tl.takeLost();
+    const bitmap = this.o.port.bitmapFor(this.nodeId);
+    for (const r of lost.ranges) bitmap?.setRange(r.offset, r.length);
+    for (const waiters of s.barrierWaiters.values()) for (const w of waiters) w('lost');
+    s.barrierWaiters.clear();
+    return lost;
+  }
+
+  /** A UUIDS on an established session: the peer takes `current` (how, the flag says). */
+  private sendGeneration(s: Session, current: bigint, flags: number): void {
     const side = this.o.port.syncSide(this.nodeId);
     this.send(s, {
       kind: 'uuids',
       current,
       bitmap: 0n,
       history: [side.history[0], side.history[1]],
-      flags: UUID_FLAGS.ADOPT_CURRENT | UUID_FLAGS.CONSISTENT | UUID_FLAGS.WAS_UP_TO_DATE,
+      flags: flags | UUID_FLAGS.CONSISTENT | UUID_FLAGS.WAS_UP_TO_DATE,
       dirtyBlocks: 0,
     });
+  }
+
+  /** Tell the peer to take `current` as its generation (new-current-uuid). */
+  sendAdopt(current: bigint): void {
+    this.sendGeneration(this.established(), current, UUID_FLAGS.ADOPT_CURRENT);
   }
 
   private async adopt(s: Session, current: bigint): Promise<void> {
@@ -1103,10 +1117,7 @@ export class Peer {
    */
   private async stopReplicatingTo(s: Session, reason: string): Promise<void> {
     s.replicating = false;
-    const lost = s.tl.takeLost();
-    for (const r of lost.ranges) this.o.port.bitmapFor(this.nodeId)?.setRange(r.offset, r.length);
-    for (const waiters of s.barrierWaiters.values()) for (const w of waiters) w('lost');
-    s.barrierWaiters.clear();
+    const lost = this.takeUnconfirmed(s);
     this.log.info({ reason }, 'replication to the peer stopped');
     await this.o.port.peerLost(this.nodeId, true).catch(() => undefined);
     lost.release();
@@ -1268,16 +1279,7 @@ export class Peer {
   /** As Primary: a new generation started while this peer kept replicating; it takes it too. */
   sendNewGeneration(current: bigint): void {
     const s = this.session;
-    if (!s || s.closed || !s.replicating) return;
-    const side = this.o.port.syncSide(this.nodeId);
-    this.send(s, {
-      kind: 'uuids',
-      current,
-      bitmap: 0n,
-      history: [side.history[0], side.history[1]],
-      flags: UUID_FLAGS.NEW_GENERATION | UUID_FLAGS.CONSISTENT | UUID_FLAGS.WAS_UP_TO_DATE | UUID_FLAGS.PRIMARY,
-      dirtyBlocks: 0,
-    });
+    if (s && !s.closed && s.replicating) this.sendGeneration(s, current, UUID_FLAGS.NEW_GENERATION | UUID_FLAGS.PRIMARY);
   }
 
   status(): PeerStatusFacts {
