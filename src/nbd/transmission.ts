@@ -148,7 +148,8 @@ export class Transmission {
 
   /** Bytes from the socket (or left over from the handshake). */
   received(chunk: Buffer): void {
-    if (this.draining === 'disc') return; // nothing after DISC is acted on
+    // Nothing after DISC is acted on, nor anything once the connection is ending.
+    if (this.draining === 'disc' || this.ending) return;
     this.dec.push(chunk);
     this.pump();
   }
@@ -156,9 +157,11 @@ export class Transmission {
   /** New requests get ESHUTDOWN; once nothing is in flight the connection ends. */
   shutdown(): void {
     if (this.draining === null) this.draining = 'shutdown';
-    this.maybeFinishDrain();
-    // Requests may be waiting in the decoder behind a full window.
+    // Requests waiting behind a full window, in the decoder or the socket,
+    // were sent: each gets its ESHUTDOWN (the client learns it was not
+    // executed) while the ones in flight finish; then the connection ends.
     this.pump();
+    this.maybeFinishDrain();
   }
 
   /** The socket closed: stop everything, drop the pooled buffers. */
@@ -174,13 +177,22 @@ export class Transmission {
     return this.inFlight >= MAX_REQUESTS_IN_FLIGHT || this.bytesInFlight >= MAX_BYTES_IN_FLIGHT || this.writer.blocked;
   }
 
+  /**
+   * Whether the next decoded request may be dispatched. While shutting down
+   * every request is answered at once with ESHUTDOWN and holds nothing, so
+   * only the reply writer's backpressure limits it.
+   */
+  private mayDispatch(): boolean {
+    return this.draining === 'shutdown' ? !this.writer.blocked : !this.blocked();
+  }
+
   /** Decode and dispatch as many requests as the window allows. */
   pump(): void {
     if (this.pumping || !this.open) return;
     this.pumping = true;
     try {
       const dec = this.dec;
-      while (this.draining !== 'disc' && !this.blocked() && this.open) {
+      while (this.draining !== 'disc' && this.mayDispatch() && this.open) {
         const req = dec.next();
         if (req === null) {
           if (dec.violation !== null) this.host.hardClose(dec.violation);
@@ -192,12 +204,13 @@ export class Transmission {
       this.pumping = false;
     }
     this.updateFlow();
+    if (this.draining !== null) this.maybeFinishDrain();
   }
 
   /** Pause the socket while the window is full or the writer is blocked; resume otherwise. */
   private updateFlow(): void {
     if (!this.open) return;
-    const blocked = this.blocked();
+    const blocked = !this.mayDispatch();
     if (blocked && !this.paused) {
       this.paused = true;
       this.socket.pause();
@@ -466,7 +479,8 @@ export class Transmission {
 
   /** When draining and nothing is in flight: send what is queued, then close. */
   private maybeFinishDrain(): void {
-    if (this.draining === null || this.inFlight > 0 || this.ending || !this.open) return;
+    // While pumping, more received requests may still be answered: pump ends with this call.
+    if (this.draining === null || this.inFlight > 0 || this.pumping || this.ending || !this.open) return;
     this.ending = true;
     this.writer.flush();
     this.host.endAfterWrites();

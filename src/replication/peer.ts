@@ -468,15 +468,22 @@ export class Peer {
         decision = { strategy: 'no-sync', rule: 'equal', byUuids: decision };
         this.lastDecision = describeSyncDecision(decision);
       }
-      if (decision.strategy.startsWith('target') && theirs.state.role !== 'Primary' && port.primaryElsewhere(this.nodeId)) {
-        // Not a StandAloneError: retried after connect-int, by when the
-        // Primary has brought this node up to date (then nothing is left).
-        throw new Error(`resync from ${this.name} deferred: a Primary is connected and syncs this node`);
-      }
-      if (decision.strategy.startsWith('source') && port.role() !== 'Primary' && port.primaryElsewhere(this.nodeId)) {
-        // The same from the other side: while a Primary is around, only it
-        // is a sync source (its writes and its resync data share one ordered stream).
-        throw new Error(`resync to ${this.name} deferred: the Primary syncs it`);
+      // While a Primary is around, only it is a sync source (its writes and
+      // its resync data share one ordered stream): two Secondaries defer a
+      // resync between them when either is connected to a Primary. Both
+      // sides see both facts (PRIMARY_CONNECTED), so both defer before
+      // either acts on the decision — a full-sync target alone would already
+      // have taken the source's generation and marked its whole disk.
+      // Not a StandAloneError: retried after connect-int, by when the
+      // Primary has brought the nodes up to date (then nothing is left).
+      if (decision.strategy.startsWith('source') || decision.strategy.startsWith('target')) {
+        const secondaries = port.role() !== 'Primary' && theirs.state.role !== 'Primary';
+        if (secondaries && port.primaryElsewhere(this.nodeId)) {
+          throw new Error(decision.strategy.startsWith('target') ? `resync from ${this.name} deferred: a Primary is connected and syncs this node` : `resync to ${this.name} deferred: the Primary syncs it`);
+        }
+        if (secondaries && (theirs.uuids.flags & UUID_FLAGS.PRIMARY_CONNECTED) !== 0) {
+          throw new Error(`resync with ${this.name} deferred: ${this.name} is connected to a Primary, which syncs both`);
+        }
       }
       // A Primary whose own disk is good never takes another node's data; one
       // that attached a disk again (Inconsistent) does, while serving its
@@ -533,6 +540,7 @@ export class Peer {
     if (side.flags.crashedPrimary) flags |= UUID_FLAGS.CRASHED_PRIMARY;
     if (side.primaryAtSplit) flags |= UUID_FLAGS.PRIMARY_AT_SPLIT;
     if (port.role() === 'Primary' && !port.hasQuorum()) flags |= UUID_FLAGS.NO_QUORUM;
+    if (port.role() !== 'Primary' && port.primaryElsewhere(this.nodeId)) flags |= UUID_FLAGS.PRIMARY_CONNECTED;
     return {
       params: {
         kind: 'params',
@@ -848,7 +856,7 @@ export class Peer {
         return;
       case 'uuids':
         if (p.flags & UUID_FLAGS.ADOPT_CURRENT) void this.adopt(s, p.current);
-        else if (p.flags & UUID_FLAGS.NEW_GENERATION) void this.o.port.followGeneration(this.nodeId, p.current);
+        else if (p.flags & UUID_FLAGS.NEW_GENERATION) void this.o.port.followGeneration(this.nodeId, p.current, nodeIdsOf(p.dirtyBlocks));
         return;
       default:
         this.log.warn({ kind: p.kind }, 'unexpected packet on the data channel');
@@ -1082,8 +1090,12 @@ export class Peer {
     return lost;
   }
 
-  /** A UUIDS on an established session: the peer takes `current` (how, the flag says). */
-  private sendGeneration(s: Session, current: bigint, flags: number): void {
+  /**
+   * A UUIDS on an established session: the peer takes `current` (how, the
+   * flag says). `dirtyBlocks` carries no count here; a NEW_GENERATION puts
+   * the mask of the nodes that miss the generation in it.
+   */
+  private sendGeneration(s: Session, current: bigint, flags: number, awayMask = 0): void {
     const side = this.o.port.syncSide(this.nodeId);
     this.send(s, {
       kind: 'uuids',
@@ -1091,7 +1103,7 @@ export class Peer {
       bitmap: 0n,
       history: [side.history[0], side.history[1]],
       flags: flags | UUID_FLAGS.CONSISTENT | UUID_FLAGS.WAS_UP_TO_DATE,
-      dirtyBlocks: 0,
+      dirtyBlocks: awayMask,
     });
   }
 
@@ -1276,10 +1288,15 @@ export class Peer {
     return this.session?.target != null;
   }
 
-  /** As Primary: a new generation started while this peer kept replicating; it takes it too. */
-  sendNewGeneration(current: bigint): void {
+  /**
+   * As Primary: a new generation started while this peer kept replicating;
+   * it takes it too. `awayNodeIds` are the data nodes that miss it: the peer
+   * may still reach one of them itself, and must mark the generation for it
+   * all the same.
+   */
+  sendNewGeneration(current: bigint, awayNodeIds: readonly number[]): void {
     const s = this.session;
-    if (s && !s.closed && s.replicating) this.sendGeneration(s, current, UUID_FLAGS.NEW_GENERATION | UUID_FLAGS.PRIMARY);
+    if (s && !s.closed && s.replicating) this.sendGeneration(s, current, UUID_FLAGS.NEW_GENERATION | UUID_FLAGS.PRIMARY, nodeMask(awayNodeIds));
   }
 
   status(): PeerStatusFacts {
@@ -1309,3 +1326,15 @@ export class Peer {
 
 /** A handshake outcome that must not be retried on its own: the operator decides. */
 class StandAloneError extends Error {}
+
+/** Node ids (0..31) as a bit mask, for the away nodes of a NEW_GENERATION. */
+function nodeMask(nodeIds: readonly number[]): number {
+  return nodeIds.reduce((mask, id) => mask + 2 ** id, 0);
+}
+
+/** The node ids of a mask from `nodeMask` (bits beyond node-id 31 are ignored). */
+function nodeIdsOf(mask: number): number[] {
+  const ids: number[] = [];
+  for (let id = 0; id < 32; id++) if (Math.floor(mask / 2 ** id) % 2 === 1) ids.push(id);
+  return ids;
+}

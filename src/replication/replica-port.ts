@@ -74,7 +74,7 @@ export interface ReplicaPort {
   /** The handshake with a Primary peer is done: resyncs from Secondaries stop. */
   primaryConnected(primaryNodeId: number): void;
   /** The Primary `fromNodeId` started a new generation; this node follows it. */
-  followGeneration(fromNodeId: number, current: bigint): Promise<void>;
+  followGeneration(fromNodeId: number, current: bigint, awayNodeIds: readonly number[]): Promise<void>;
   /** This node's partition has quorum (always, with quorum off). */
   hasQuorum(): boolean;
   /** The data nodes (with a bitmap here) other than this one and `exceptNodeId`. */

@@ -389,7 +389,9 @@ export class Resource {
           // The peers still replicating have the same data: they take the
           // generation too, or they would look older than it later.
           const current = this.replica.superblock.currentUuid;
-          for (const p of this.peers.values()) if (p.nodeId !== id && p.replicating()) p.sendNewGeneration(current);
+          const receivers = [...this.peers.values()].filter((p) => p.nodeId !== id && p.replicating());
+          const missing = this.dataNodesBut(receivers);
+          for (const p of receivers) p.sendNewGeneration(current, missing);
         }
         await this.replica.saveBitmap(id);
       },
@@ -408,10 +410,13 @@ export class Resource {
           if (p.nodeId !== primaryId && p.isSyncTarget() && p.status().role !== 'Primary') void p.renegotiate('a Primary is connected: it syncs this node');
         }
       },
-      followGeneration: async (from, current) => {
+      followGeneration: async (from, current, awayFromPrimary) => {
         if (!this.replica || this.disk !== 'UpToDate') return;
+        // Both the peers this node does not reach and those the Primary does
+        // not: a peer still connected here but cut off from the Primary
+        // misses the generation just the same.
         const unreachable = [...this.peers.values()]
-          .filter((p) => p.nodeId !== from && !p.peerIsWitness && p.status().replication === 'Off')
+          .filter((p) => p.nodeId !== from && !p.peerIsWitness && (p.status().replication === 'Off' || awayFromPrimary.includes(p.nodeId)))
           .map((p) => p.nodeId);
         await this.replica.followGeneration(current, unreachable);
         this.log.info({ current: current.toString(16), from }, 'took the new generation of the Primary');
@@ -696,6 +701,13 @@ export class Resource {
     return [...this.peers.values()].filter((p) => p.status().connection === 'Connected');
   }
 
+  /** The other data nodes of the resource except `receivers`: the ones a new generation is new to. */
+  private dataNodesBut(receivers: readonly Peer[]): number[] {
+    return this.config.nodes
+      .filter((n) => n.disk !== null && n.nodeId !== this.local.nodeId && !receivers.some((p) => p.nodeId === n.nodeId))
+      .map((n) => n.nodeId);
+  }
+
   clientCount(): number {
     return this.exp?.clients().length ?? 0;
   }
@@ -836,7 +848,8 @@ export class Resource {
         false,
       );
       const current = replica.superblock.currentUuid;
-      for (const p of following) p.sendNewGeneration(current);
+      const missing = this.dataNodesBut(following);
+      for (const p of following) p.sendNewGeneration(current, missing);
       // Before the first write as Primary: those with marks decide again
       // (a short handshake; they then receive every write while they resync).
       await Promise.all(resyncing.map((p) => this.renegotiated(p)));
@@ -844,7 +857,9 @@ export class Resource {
       // Promoted without some peers: they will miss what comes. The peers
       // that stay connected take the generation too.
       await replica.newGenerationFor(away, false);
-      for (const p of this.peers.values()) if (p.replicating()) p.sendNewGeneration(replica.superblock.currentUuid);
+      const receivers = [...this.peers.values()].filter((p) => p.replicating());
+      const missing = this.dataNodesBut(receivers);
+      for (const p of receivers) p.sendNewGeneration(replica.superblock.currentUuid, missing);
     }
     // Persist "was Primary" before serving a single write: a crash from here
     // on is a crashed Primary.

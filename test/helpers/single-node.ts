@@ -35,16 +35,26 @@ export function runCli(configFile: string, node: string, args: string[], env: No
   });
 }
 
-/** A TCP port free on 127.0.0.1 right now. */
 /**
  * A port below the kernel's ephemeral range (32768 and up here): a port the
  * kernel handed out for `listen(0)` is free now, but the next outgoing
- * connection of any test may take it before the daemon listens on it. Ports
- * are picked at random, checked by binding, and never handed out twice by
- * this process.
+ * connection of any test may take it before the daemon listens on it.
+ *
+ * Each vitest worker slot draws from its own slice of the range: a test that
+ * kills a daemon and starts it again on the same port must not find that
+ * port taken meanwhile by a test in another worker, which a free-port check
+ * alone cannot prevent. Within a slice, ports are picked at random, checked
+ * by binding, and never handed out twice by this process.
  */
 const TEST_PORT_LOW = 20_000;
 const TEST_PORT_HIGH = 32_000;
+const PORT_SLICES = 4;
+const portSlice = ((): { low: number; high: number } => {
+  const poolId = Number(process.env.VITEST_POOL_ID ?? '1');
+  const slot = (Number.isInteger(poolId) && poolId > 0 ? poolId - 1 : 0) % PORT_SLICES;
+  const width = Math.floor((TEST_PORT_HIGH - TEST_PORT_LOW) / PORT_SLICES);
+  return { low: TEST_PORT_LOW + slot * width, high: TEST_PORT_LOW + (slot + 1) * width };
+})();
 const portsGiven = new Set<number>();
 
 function canListen(port: number): Promise<boolean> {
@@ -57,12 +67,12 @@ function canListen(port: number): Promise<boolean> {
 
 export async function freePort(): Promise<number> {
   for (let tries = 0; tries < 200; tries++) {
-    const port = TEST_PORT_LOW + Math.floor(Math.random() * (TEST_PORT_HIGH - TEST_PORT_LOW));
+    const port = portSlice.low + Math.floor(Math.random() * (portSlice.high - portSlice.low));
     if (portsGiven.has(port)) continue;
     portsGiven.add(port);
     if (await canListen(port)) return port;
   }
-  throw new Error(`no free port between ${TEST_PORT_LOW} and ${TEST_PORT_HIGH}`);
+  throw new Error(`no free port between ${portSlice.low} and ${portSlice.high}`);
 }
 
 export interface StartedNode {

@@ -14,7 +14,7 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { differingBlocks, expectSameData } from '../helpers/disk-data.js';
 import { createNetns, skipWithoutNetns, type NetnsHarness } from '../helpers/netns.js';
 import { mustSucceed } from '../helpers/single-node.js';
@@ -325,9 +325,42 @@ describe.skipIf(missing.length > 0)('three nodes in a full mesh (loopback)', () 
 
 describe.skipIf(missing.length > 0 || noNetns)('three nodes in a full mesh (network namespaces)', () => {
   let h: NetnsHarness | null = null;
-  afterAll(async () => {
+  afterEach(async () => {
+    // the mesh first (the file's afterEach), then its namespaces
+    while (meshes.length > 0) await meshes.pop()!.stop();
     await h?.destroy();
+    h = null;
   });
+
+  /**
+   * alpha Primary, gamma cut off by the network (alpha and beta both see it
+   * gone) while alpha writes 1 % of the blocks, scattered. Returns what the
+   * test needs to check the return.
+   */
+  async function gammaMissesWrites(harness: NetnsHarness, opts: { alphaFirst?: boolean } = {}): Promise<{ m: Mesh; size: number; dirty: number; receivedBefore: number }> {
+    const m = await syncedMesh({ netns: harness });
+    const size = (await statusOf(m.alpha)).sizeBytes;
+    const receivedBefore = await bytesReceived(m.gamma);
+    if (opts.alphaFirst) {
+      // alpha loses gamma while beta still has it: beta takes alpha's new
+      // generation with gamma still connected (the drops stay in place)
+      await harness.dropOneWay(0, GAMMA);
+      await harness.dropOneWay(GAMMA, 0);
+      await waitForStatus(m.alpha, (s) => peerOf(s, 'gamma').connection !== 'Connected', 15_000);
+      const current = (await statusOf(m.alpha)).generation.current;
+      await waitForStatus(m.beta, (s) => s.generation.current === current && peerOf(s, 'gamma').connection === 'Connected');
+    }
+    await harness.partition(GAMMA);
+    await waitForStatus(m.alpha, (s) => peerOf(s, 'gamma').connection !== 'Connected', 15_000);
+    await waitForStatus(m.beta, (s) => peerOf(s, 'gamma').connection !== 'Connected', 15_000);
+    const dirty = Math.round(size / BLOCK / 100);
+    await scatteredWrites(m.alpha.uri, size, dirty, (i) => (i % 250) + 1);
+    const alpha = await statusOf(m.alpha);
+    expect(peerOf(alpha, 'gamma').outOfSyncBytes).toBe(dirty * BLOCK);
+    expect(peerOf(alpha, 'beta').outOfSyncBytes).toBe(0);
+    await expectSameData([m.alpha, m.beta], size);
+    return { m, size, dirty, receivedBefore };
+  }
 
   // Losing gamma, alpha starts a new data generation and gives it to beta,
   // which stays connected and gets every write (NEW_GENERATION); gamma
@@ -335,27 +368,47 @@ describe.skipIf(missing.length > 0 || noNetns)('three nodes in a full mesh (netw
   // SyncTarget of gamma for the whole disk.
   it('a Secondary cut off by the network misses writes, returns, resyncs only what it missed, and all three end identical', async () => {
     h = await createNetns({ nodes: 3 });
-    const m = await syncedMesh({ netns: h });
-    const size = (await statusOf(m.alpha)).sizeBytes;
-    const receivedBefore = await bytesReceived(m.gamma);
-
-    await h.partition(GAMMA);
-    await waitForStatus(m.alpha, (s) => peerOf(s, 'gamma').connection !== 'Connected', 15_000);
-    await waitForStatus(m.beta, (s) => peerOf(s, 'gamma').connection !== 'Connected', 15_000);
-    // 1 % of the blocks, scattered, while gamma is away
-    const dirty = Math.round(size / BLOCK / 100);
-    await scatteredWrites(m.alpha.uri, size, dirty, (i) => (i % 250) + 1);
-    const alpha = await statusOf(m.alpha);
-    expect(peerOf(alpha, 'gamma').outOfSyncBytes).toBe(dirty * BLOCK);
-    expect(peerOf(alpha, 'beta').outOfSyncBytes).toBe(0);
-    await expectSameData([m.alpha, m.beta], size);
-
+    const { m, size, dirty, receivedBefore } = await gammaMissesWrites(h);
+    // gamma meets the Primary first (beta and gamma still apart)
+    await h.dropOneWay(1, GAMMA);
+    await h.dropOneWay(GAMMA, 1);
     await h.heal(GAMMA);
+    await waitInSync([m.alpha, m.gamma], m.alpha);
+    await h.restoreOneWay(1, GAMMA);
+    await h.restoreOneWay(GAMMA, 1);
     await waitInSync(m.nodes, m.alpha);
     const moved = (await bytesReceived(m.gamma)) - receivedBefore;
     // the missed blocks plus headers, pings and handshakes; not the disk, and not twice
     expect(moved).toBeGreaterThanOrEqual(dirty * BLOCK);
     expect(moved).toBeLessThan(dirty * BLOCK * 1.25 + 256 * 1024);
     await expectSameData(m.nodes, size);
+  }, TEST_TIMEOUT_MS);
+
+  // gamma meets beta first. beta took alpha's new generation while it still
+  // saw gamma (alpha lost gamma first), so only alpha's
+  // NEW_GENERATION, which names gamma as missing it, tells beta that gamma
+  // needs a bitmap UUID: without it gamma would look merely older than beta
+  // and get the whole disk. While beta is connected to the Primary both
+  // defer the resync (the Primary syncs gamma) and gamma changes nothing;
+  // once the Primary is gone, beta syncs the marks.
+  it('a Secondary that returns to the other Secondary first resyncs from the marks, not the whole disk', async () => {
+    h = await createNetns({ nodes: 3 });
+    const { m, size, dirty, receivedBefore } = await gammaMissesWrites(h, { alphaFirst: true });
+    const gammaBefore = await statusOf(m.gamma);
+    await h.heal(GAMMA);
+    const deferred = await waitForStatus(m.gamma, (s) => /deferred/.test(peerOf(s, 'beta').lastError ?? ''));
+    expect(deferred.disk).toBe('UpToDate');
+    expect(deferred.generation).toEqual(gammaBefore.generation);
+    expect(peerOf(deferred, 'beta').lastDecision).toMatch(/use-bitmap/);
+
+    await m.alpha.killHard();
+    await waitForStatus(m.gamma, (s) => {
+      const b = peerOf(s, 'beta');
+      return s.disk === 'UpToDate' && b.connection === 'Connected' && b.replication === 'Established' && s.generation.current !== gammaBefore.generation.current;
+    }, 60_000);
+    const moved = (await bytesReceived(m.gamma)) - receivedBefore;
+    expect(moved).toBeGreaterThanOrEqual(dirty * BLOCK);
+    expect(moved).toBeLessThan(dirty * BLOCK * 1.25 + 256 * 1024);
+    await expectSameData([m.beta, m.gamma], size);
   }, TEST_TIMEOUT_MS);
 });

@@ -316,8 +316,8 @@ describe('peer packet codec: violations, never throws', () => {
     name[HEADER_SIZE + 1] = 0xff;
     expect(violationOf(name)).toBe('disconnect reason is not UTF-8');
     const uuids = Buffer.concat(encodePacket(SAMPLES.find((p) => p.kind === 'uuids')!));
-    uuids.writeUInt32BE(0x100, HEADER_SIZE + 32);
-    expect(violationOf(uuids)).toBe('uuids has unknown flags 0x100');
+    uuids.writeUInt32BE(0x200, HEADER_SIZE + 32);
+    expect(violationOf(uuids)).toBe('uuids has unknown flags 0x200');
     const decision = Buffer.concat(encodePacket({ kind: 'decision', strategy: 'no-sync', rule: 'equal' }));
     decision[HEADER_SIZE] = 200;
     expect(violationOf(decision)).toBe('decision strategy 200 is unknown');

@@ -151,6 +151,13 @@ export const UUID_FLAGS = {
    * that has quorum, it steps down and yields instead of a split brain.
    */
   NO_QUORUM: 1 << 7,
+  /**
+   * The sender is not Primary and has an established session with a node
+   * that is: it neither gives nor takes a resync from another Secondary now
+   * (the Primary syncs both), and its peer must know that before either
+   * side acts on a sync decision.
+   */
+  PRIMARY_CONNECTED: 1 << 8,
 } as const;
 export const KNOWN_UUID_FLAGS = Object.values(UUID_FLAGS).reduce((a, b) => a | b, 0);
 
