@@ -6,6 +6,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
+import { registerCheck } from '../check/cli.js';
 import { findResource, formatConfig, loadConfig, localNode } from '../config/index.js';
 import type { Config } from '../config/model.js';
 import { DEFAULT_CONFIG_FILE } from '../config/model.js';
@@ -221,6 +222,8 @@ export function buildProgram(): Command {
         await md.close();
       }
     });
+
+  registerCheck(program);
 
   program
     .command('daemon')

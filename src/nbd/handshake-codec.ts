@@ -10,6 +10,7 @@
  *   option reply  u64 0x0003e889045565a9 u32 option u32 type u32 length, data (20+n)
  */
 import { isUtf8 } from 'node:buffer';
+import { ByteQueue } from './byte-queue.js';
 import {
   NBD_FLAG_FIXED_NEWSTYLE,
   NBD_FLAG_NO_ZEROES,
@@ -78,10 +79,7 @@ const enum HandshakeState {
  * option's data, and only after the length passed the limit.
  */
 export class HandshakeDecoder {
-  private readonly chunks: Buffer[] = [];
-  /** Bytes consumed from chunks[0]. */
-  private head = 0;
-  private total = 0;
+  private readonly bytes = new ByteQueue();
   private state = HandshakeState.ClientFlags;
   private option = 0;
   private optionLength = 0;
@@ -94,13 +92,12 @@ export class HandshakeDecoder {
 
   push(chunk: Buffer): void {
     if (chunk.length === 0 || this.state === HandshakeState.Failed) return;
-    this.chunks.push(chunk);
-    this.total += chunk.length;
+    this.bytes.push(chunk);
   }
 
   /** Bytes received but not yet decoded. */
   buffered(): number {
-    return this.total;
+    return this.bytes.length;
   }
 
   /**
@@ -108,14 +105,7 @@ export class HandshakeDecoder {
    * negotiation belong to the transmission phase) and empties the decoder.
    */
   takeRemaining(): Buffer[] {
-    const out: Buffer[] = [];
-    for (let i = 0; i < this.chunks.length; i++) {
-      out.push(i === 0 ? this.chunks[0]!.subarray(this.head) : this.chunks[i]!);
-    }
-    this.chunks.length = 0;
-    this.head = 0;
-    this.total = 0;
-    return out;
+    return this.bytes.takeAll();
   }
 
   next(): HandshakeEvent | null {
@@ -123,14 +113,14 @@ export class HandshakeDecoder {
       case HandshakeState.Failed:
         return null;
       case HandshakeState.ClientFlags: {
-        if (this.total < CLIENT_FLAGS_SIZE) return null;
-        const flags = this.take(CLIENT_FLAGS_SIZE).readUInt32BE(0);
+        if (this.bytes.length < CLIENT_FLAGS_SIZE) return null;
+        const flags = this.bytes.take(CLIENT_FLAGS_SIZE).readUInt32BE(0);
         this.state = HandshakeState.OptionHeader;
         return { kind: 'clientFlags', flags };
       }
       case HandshakeState.OptionHeader: {
-        if (this.total < OPTION_HEADER_SIZE) return null;
-        const h = this.take(OPTION_HEADER_SIZE);
+        if (this.bytes.length < OPTION_HEADER_SIZE) return null;
+        const h = this.bytes.take(OPTION_HEADER_SIZE);
         if (!h.subarray(0, 8).equals(NBD_OPTS_MAGIC)) return this.fail('bad option magic');
         this.option = h.readUInt32BE(8);
         this.optionLength = h.readUInt32BE(12);
@@ -145,8 +135,8 @@ export class HandshakeDecoder {
         return this.next();
       }
       case HandshakeState.OptionData: {
-        if (this.total < this.optionLength) return null;
-        const data = this.optionLength === 0 ? Buffer.alloc(0) : Buffer.from(this.take(this.optionLength));
+        if (this.bytes.length < this.optionLength) return null;
+        const data = this.optionLength === 0 ? Buffer.alloc(0) : Buffer.from(this.bytes.take(this.optionLength));
         this.state = HandshakeState.OptionHeader;
         return { kind: 'option', option: this.option, data };
       }
@@ -156,44 +146,10 @@ export class HandshakeDecoder {
   private fail(reason: string): null {
     this.state = HandshakeState.Failed;
     this.violation = reason;
-    this.chunks.length = 0;
-    this.total = 0;
-    this.head = 0;
+    this.bytes.clear();
     return null;
   }
 
-  /**
-   * Removes n buffered bytes (the caller checked they are there). Returns a
-   * view when they lie in one chunk, else a copy; callers copy again if they
-   * keep the bytes, because a view pins the chunk.
-   */
-  private take(n: number): Buffer {
-    const first = this.chunks[0]!;
-    if (first.length - this.head >= n) {
-      const out = first.subarray(this.head, this.head + n);
-      this.head += n;
-      this.total -= n;
-      if (this.head === first.length) {
-        this.chunks.shift();
-        this.head = 0;
-      }
-      return out;
-    }
-    const out = Buffer.allocUnsafe(n);
-    let filled = 0;
-    while (filled < n) {
-      const c = this.chunks[0]!;
-      const copied = c.copy(out, filled, this.head, Math.min(c.length, this.head + (n - filled)));
-      filled += copied;
-      this.head += copied;
-      if (this.head === c.length) {
-        this.chunks.shift();
-        this.head = 0;
-      }
-    }
-    this.total -= n;
-    return out;
-  }
 }
 
 // --- strings -------------------------------------------------------------------

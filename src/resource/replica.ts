@@ -106,8 +106,12 @@ export class Replica {
         recovered,
         // An extent leaves the log only once the bits of its blocks are on disk.
         beforeEvict: async (extent) => {
+          // The last extent may run past the data area (as above): save only its part.
+          const offset = extent * AL_EXTENT_BYTES;
+          const length = Math.min(AL_EXTENT_BYTES, meta.layout.dataSizeBytes - offset);
+          if (length <= 0) return;
           for (const [nodeId, slot] of slots) {
-            await meta.saveBitmap(slot, bitmaps.get(nodeId)!, { offset: extent * AL_EXTENT_BYTES, length: AL_EXTENT_BYTES });
+            await meta.saveBitmap(slot, bitmaps.get(nodeId)!, { offset, length });
           }
         },
       });

@@ -1009,14 +1009,15 @@ export class Resource {
     const current = newUuid();
     await replica.change({ newCurrentUuid: current, ...(clearBitmap ? { consistent: true, wasUpToDate: true } : {}) });
     for (const p of this.peers.values()) {
-      if (clearBitmap) {
+      // A witness has no data and no bitmap slot here.
+      if (clearBitmap && replica.hasBitmapFor(p.nodeId)) {
         replica.bitmapFor(p.nodeId).clearAll();
         await replica.saveBitmap(p.nodeId);
       }
     }
     if (clearBitmap && this.disk !== 'UpToDate') this.setDisk('UpToDate', 'new-current-uuid --clear-bitmap');
     for (const p of peers) {
-      p.sendAdopt(current);
+      if (!p.peerIsWitness) p.sendAdopt(current);
       p.announceState();
     }
     this.emit({ type: 'new-current-uuid', current: formatUuid(current), clearBitmap });

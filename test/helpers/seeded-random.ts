@@ -1,14 +1,6 @@
 /**
  * mulberry32: a small, seedable PRNG for fuzz and randomized tests, so a
  * failing input can be replayed from its seed. Returns numbers in [0, 1).
+ * The checker's own (`mirrorbd check` draws its blocks with it).
  */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { seededRandom } from '../../src/check/workload.js';
