@@ -534,7 +534,19 @@ export class NetnsHarness {
     await must('tc', ['qdisc', 'replace', 'dev', n.hostVeth, 'root', 'netem', ...args]);
   }
 
-  /** Undo `setLink(i, ...)`. */
+  /**
+   * A slow link: node i's traffic is shaped to `rateKbit` kbit/s in both
+   * directions (tc tbf, which needs no netem). Undone by `clearLink(i)`.
+   */
+  async setRate(i: number, rateKbit: number): Promise<void> {
+    const n = this.node(i);
+    // A burst of a few packets and up to 200 ms queued: beyond that, packets drop as on a congested link.
+    const args = ['tbf', 'rate', `${rateKbit}kbit`, 'burst', '16kb', 'latency', '200ms'];
+    await this.mustExec(i, 'tc', ['qdisc', 'replace', 'dev', n.device, 'root', ...args]);
+    await must('tc', ['qdisc', 'replace', 'dev', n.hostVeth, 'root', ...args]);
+  }
+
+  /** Undo `setLink(i, ...)` or `setRate(i, ...)`. */
   async clearLink(i: number): Promise<void> {
     const n = this.node(i);
     await this.exec(i, 'tc', ['qdisc', 'del', 'dev', n.device, 'root']);
