@@ -124,6 +124,8 @@ export interface ReplicatedWrite {
   fua: boolean;
   noHole?: boolean;
   payload?: Buffer;
+  /** The payload as received pieces instead of `payload` (see DataPacket.parts). */
+  parts?: readonly Buffer[];
 }
 
 interface Session {
@@ -984,7 +986,11 @@ export class Peer {
     }
     switch (w.kind) {
       case 'data':
-        s.data.send({ kind: 'data', seq: w.seq, epoch: w.epoch, offset: w.offset, flags, payload: w.payload! });
+        s.data.send(
+          w.parts !== undefined
+            ? { kind: 'data', seq: w.seq, epoch: w.epoch, offset: w.offset, flags, payload: EMPTY_PAYLOAD, parts: w.parts }
+            : { kind: 'data', seq: w.seq, epoch: w.epoch, offset: w.offset, flags, payload: w.payload! },
+        );
         break;
       case 'zeroes':
         if (w.noHole) flags |= WRITE_FLAGS.NO_HOLE;
@@ -1326,6 +1332,8 @@ export class Peer {
 
 /** A handshake outcome that must not be retried on its own: the operator decides. */
 class StandAloneError extends Error {}
+
+const EMPTY_PAYLOAD = Buffer.alloc(0);
 
 /** Node ids (0..31) as a bit mask, for the away nodes of a NEW_GENERATION. */
 function nodeMask(nodeIds: readonly number[]): number {

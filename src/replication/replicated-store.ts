@@ -50,6 +50,10 @@ export class ReplicatedStore implements BlockStore {
     return this.replicator.write(offset, data, false);
   }
 
+  writev(offset: number, parts: readonly Buffer[]): Promise<void> {
+    return this.replicator.writev(offset, parts, false);
+  }
+
   writeZeroes(offset: number, length: number, options?: WriteZeroesOptions): Promise<void> {
     return this.replicator.writeZeroes(offset, length, options?.noHole === true, false);
   }

@@ -84,6 +84,18 @@ export class Replicator {
     return this.run('data', offset, data.length, fua, (st) => st.write(offset, data), { payload: data });
   }
 
+  /**
+   * A write whose payload is in pieces (as the NBD decoder received it):
+   * one positional writev locally and the same pieces on the wire, so a
+   * large write is never copied into one buffer.
+   */
+  writev(offset: number, parts: readonly Buffer[], fua: boolean): Promise<void> {
+    let length = 0;
+    for (const p of parts) length += p.length;
+    const local = (st: BlockStore): Promise<void> => (st.writev !== undefined ? st.writev(offset, parts) : st.write(offset, Buffer.concat(parts, length)));
+    return this.run('data', offset, length, fua, local, { parts });
+  }
+
   writeZeroes(offset: number, length: number, noHole: boolean, fua: boolean): Promise<void> {
     return this.run('zeroes', offset, length, fua, (st) => st.writeZeroes(offset, length, { noHole }), { noHole });
   }
@@ -132,7 +144,7 @@ export class Replicator {
     length: number,
     fua: boolean,
     local: (store: BlockStore) => Promise<void>,
-    extra: { payload?: Buffer; noHole?: boolean },
+    extra: { payload?: Buffer; parts?: readonly Buffer[]; noHole?: boolean },
   ): Promise<void> {
     while (this.frozen) await this.frozen;
     this.inFlight++;

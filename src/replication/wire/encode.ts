@@ -58,7 +58,7 @@ function payloadOf(p: Packet): Buffer | null {
 
 /** The payload as its pieces: a gathered RS_DATA_REPLY's `parts`, else [payload] (or null). */
 function payloadPieces(p: Packet): readonly Buffer[] | null {
-  if (p.kind === 'rs-data-reply' && p.parts !== undefined) {
+  if ((p.kind === 'rs-data-reply' || p.kind === 'data') && p.parts !== undefined) {
     if (p.payload.length !== 0) throw new RangeError('rs-data-reply has both a payload and parts');
     return p.parts;
   }

@@ -120,6 +120,12 @@ export interface DataPacket {
   /** WRITE_FLAGS bits. */
   flags: number;
   payload: Buffer;
+  /**
+   * Sending only: the payload as the pieces it arrived in from the NBD
+   * client (then `payload` is empty), written to the socket without being
+   * copied into one buffer. The decoder always gives `payload`.
+   */
+  parts?: readonly Buffer[];
 }
 export interface ZeroesPacket {
   kind: 'zeroes';
