@@ -74,7 +74,7 @@ export type AfterSb1pri = 'disconnect' | 'consensus' | 'discard-secondary';
 /** `after-sb-2pri`: with two Primaries nobody's writes may be thrown away automatically. */
 export type AfterSb2pri = 'disconnect';
 
-export type CramHmacAlg = 'sha256' | 'sha1';
+export type CramHmacAlg = 'sha256';
 
 export type OnIoError = 'detach' | 'pass_on';
 

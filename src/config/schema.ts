@@ -111,7 +111,7 @@ export const SECTIONS: Readonly<Record<SectionName, SectionRule>> = {
       { key: 'ko-count', field: 'koCount', type: v.integer(0, 200), default: 7 },
       // DRBD caps the secret at 64 characters; so do we, so configs move both ways.
       { key: 'shared-secret', field: 'sharedSecret', type: v.optional(v.text(1, 64)), default: null },
-      { key: 'cram-hmac-alg', field: 'cramHmacAlg', type: v.keyword(['sha256', 'sha1']), default: 'sha256' },
+      { key: 'cram-hmac-alg', field: 'cramHmacAlg', type: v.keyword(['sha256']), default: 'sha256' },
       // A crc32c of every replicated block, checked by the receiver.
       { key: 'data-integrity-alg', field: 'dataIntegrityAlg', type: v.keyword(['none', 'crc32c']), default: 'none' },
       // Online verify compares digests of both sides' blocks.

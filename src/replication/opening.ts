@@ -8,7 +8,16 @@
  * channel it opens); the accepting side answers with its own HELLO echoing
  * both. Each side then sends a challenge, answers the other's, and sends
  * AUTH_OK once the other's answer verified.
+ *
+ * The accepting side answers the dialer's challenge only after the dialer's
+ * answer to its own verified. Anyone may connect to a node's port and claim
+ * any node-id; an acceptor that answered first would compute, for a
+ * stranger, exactly the answer a third node expects from it (the stranger
+ * relays that node's challenge in the same session), and the stranger would
+ * pass as this node there without knowing the secret. The dialer still
+ * answers first, but it dials only the configured address of its peer.
  */
+import assert from 'node:assert';
 import { randomBytes } from 'node:crypto';
 import type { PeerChannel } from './channel.js';
 import {
@@ -81,6 +90,8 @@ function hello(o: OpeningOptions, channel: Channel, sessionId: bigint): HelloPac
 export function openChannel(ch: PeerChannel, o: OpeningOptions): Promise<OpenedChannel> {
   return new Promise((resolve, reject) => {
     const ourChallenge = makeChallenge();
+    /** The acceptor keeps the dialer's challenge until the dialer has proven itself. */
+    let theirChallenge: Buffer | null = null;
     let peer: HelloPacket | null = null;
     let version = 0;
     let theyVerifiedUs = false;
@@ -137,7 +148,8 @@ export function openChannel(ch: PeerChannel, o: OpeningOptions): Promise<OpenedC
         }
         case 'auth-challenge':
           if (peer === null) return fail('AUTH_CHALLENGE before HELLO');
-          ch.send({ kind: 'auth-response', response: computeResponse(o.secret, p.challenge, o.ownNodeId, peer.nodeId, purpose(peer)) });
+          if (o.dial) ch.send({ kind: 'auth-response', response: computeResponse(o.secret, p.challenge, o.ownNodeId, peer.nodeId, purpose(peer)) });
+          else theirChallenge = p.challenge;
           return;
         case 'auth-response':
           if (peer === null) return fail('AUTH_RESPONSE before HELLO');
@@ -145,6 +157,11 @@ export function openChannel(ch: PeerChannel, o: OpeningOptions): Promise<OpenedC
             return fail(`node-id ${peer.nodeId} failed authentication (wrong or missing shared-secret)`);
           }
           weVerifiedThem = true;
+          if (!o.dial) {
+            // The stream gate lets AUTH_RESPONSE in only after AUTH_CHALLENGE.
+            assert(theirChallenge !== null, 'AUTH_RESPONSE before AUTH_CHALLENGE passed the stream gate');
+            ch.send({ kind: 'auth-response', response: computeResponse(o.secret, theirChallenge, o.ownNodeId, peer.nodeId, purpose(peer)) });
+          }
           ch.send({ kind: 'auth-ok' });
           return maybeDone();
         case 'auth-ok':

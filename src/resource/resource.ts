@@ -500,6 +500,7 @@ export class Resource {
     }
     this.peerListener = new PeerListener({
       address: this.local.address,
+      peerAddresses: others.flatMap((n) => (n.address === null ? [] : [n.address])),
       resource: this.name,
       ownNodeId: this.local.nodeId,
       secret: this.config.net.sharedSecret ?? '',

@@ -5,7 +5,7 @@ const FULL = `# every key, with values other than the defaults
 global { run-dir /var/run/mbd; log-level debug; }
 common {
   net { protocol B; ping-int 3; ping-timeout 1.25; connect-int 4; timeout 2.5; ko-count 0;
-        shared-secret "s3cret with space"; cram-hmac-alg sha1; data-integrity-alg crc32c; verify-alg sha256; csums-alg md5;
+        shared-secret "s3cret with space"; cram-hmac-alg sha256; data-integrity-alg crc32c; verify-alg sha256; csums-alg md5;
         fencing resource-and-stonith; after-sb-0pri discard-node-beta; after-sb-1pri consensus; after-sb-2pri disconnect; }
   disk { resync-rate 250; al-extents 7; on-io-error pass_on; c-plan-ahead 2; c-delay-target 0.25; c-min-rate 1M; c-max-rate 500M; }
   nbd { tls required; tls-key /k.pem; tls-cert /c.pem; tls-ca /ca.pem;
@@ -43,7 +43,7 @@ test('every key is read into the model', () => {
     timeoutMs: 2500,
     koCount: 0,
     sharedSecret: 's3cret with space',
-    cramHmacAlg: 'sha1',
+    cramHmacAlg: 'sha256',
     dataIntegrityAlg: 'crc32c',
     verifyAlg: 'sha256',
     csumsAlg: 'md5',
