@@ -321,9 +321,13 @@ export class Peer {
       const t = this.o.tls;
       // Peers are authenticated by the CA (when given) and always by the
       // shared-secret HMAC; host names do not identify them.
+      // From our own configured address, as DRBD binds it: the peer admits
+      // connections only from the addresses of its peers, and a host with
+      // several addresses could otherwise route from another one.
+      const localAddress = sourceAddress(this.o.self.address?.host ?? null, host);
       const socket: net.Socket = t
-        ? tls.connect({ host, port, key: t.key, cert: t.cert, ca: t.ca, rejectUnauthorized: t.ca !== undefined, checkServerIdentity: () => undefined })
-        : net.createConnection({ host, port });
+        ? tls.connect({ socket: net.createConnection({ host, port, localAddress }), key: t.key, cert: t.cert, ca: t.ca, rejectUnauthorized: t.ca !== undefined, checkServerIdentity: () => undefined })
+        : net.createConnection({ host, port, localAddress });
       const timer = setTimeout(() => {
         socket.destroy();
         reject(new Error(`connecting to ${host}:${port} timed out`));
@@ -1334,6 +1338,19 @@ export class Peer {
 class StandAloneError extends Error {}
 
 const EMPTY_PAYLOAD = Buffer.alloc(0);
+
+/**
+ * The address to dial a peer from: our own configured IP when it is a
+ * literal of the peer's family and not a wildcard; otherwise the system
+ * chooses (a host name, or a node listening on every address).
+ */
+export function sourceAddress(own: string | null, peerHost: string): string | undefined {
+  if (own === null) return undefined;
+  const family = net.isIP(own);
+  if (family === 0 || family !== net.isIP(peerHost)) return undefined;
+  if (own === '0.0.0.0' || own === '::') return undefined;
+  return own;
+}
 
 /** Node ids (0..31) as a bit mask, for the away nodes of a NEW_GENERATION. */
 function nodeMask(nodeIds: readonly number[]): number {
