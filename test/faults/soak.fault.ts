@@ -8,7 +8,7 @@ import { skipWithoutNetns } from '../helpers/netns.js';
 import { planFor } from './plan.js';
 import { runFault, type FaultRunReport } from './run-fault.js';
 import { baseSeed, kinds, soakRuns } from './seeds.js';
-import { replay, summarize } from './summary.js';
+import { recordRun, replay, summarize } from './summary.js';
 
 const noNetns = skipWithoutNetns();
 const base = baseSeed();
@@ -29,6 +29,7 @@ describe.skipIf(noNetns)(`fault soak (base seed ${base})`, () => {
     it(`run ${i + 1}/${runs}: ${plan.kind}, seed ${seed}`, async () => {
       const r = await runFault(plan);
       reports.push(r);
+      recordRun(r);
       expect(r.problem, `replay: ${replay(r)}`).toBeNull();
       expect(r.lost).toBe(0);
     });

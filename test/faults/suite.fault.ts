@@ -12,7 +12,7 @@ import { skipWithoutNetns } from '../helpers/netns.js';
 import { planFor } from './plan.js';
 import { runFault, type FaultRunReport } from './run-fault.js';
 import { baseSeed, kinds } from './seeds.js';
-import { replay, summarize } from './summary.js';
+import { recordRun, replay, summarize } from './summary.js';
 
 const noNetns = skipWithoutNetns();
 const base = baseSeed();
@@ -28,6 +28,7 @@ describe.skipIf(noNetns)(`fault suite (base seed ${base})`, () => {
     it(`${kind}, seed ${seed}: no acknowledged write lost, one Primary, replicas identical`, async () => {
       const r = await runFault(planFor(seed, kind));
       reports.push(r);
+      recordRun(r);
       expect(r.problem, `replay: ${replay(r)}`).toBeNull();
       expect(r.lost).toBe(0);
       expect(r.torn + r.foreign).toBe(0);

@@ -3,7 +3,17 @@
  * checked, writes lost, and how to replay each failed run. Pure: reports
  * in, text out.
  */
+import { appendFileSync } from 'node:fs';
 import type { FaultRunReport } from './run-fault.js';
+
+/**
+ * With MIRRORBD_FAULT_REPORT set: one JSON line per finished run appended
+ * to that file, so a long soak that is stopped still shows what it did.
+ */
+export function recordRun(r: FaultRunReport): void {
+  const file = process.env.MIRRORBD_FAULT_REPORT;
+  if (file) appendFileSync(file, `${JSON.stringify({ ...r, problem: r.problem?.split('\n')[0] ?? null })}\n`);
+}
 
 /** The command that replays one run. */
 export function replay(r: FaultRunReport): string {

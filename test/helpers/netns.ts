@@ -266,16 +266,23 @@ export async function removeStaleNetns(): Promise<string[]> {
 
 // --- the harness -------------------------------------------------------------
 
-let harnessCount = 0;
+/**
+ * Harness slots in use by this process: a slot names the harness's links in
+ * one base-36 character (interface names are at most 15 bytes), so at most
+ * MAX_INDEX harnesses live at once; a destroyed one frees its slot.
+ */
+const slotsInUse = new Set<number>();
 
 export async function createNetns(opts: CreateNetnsOptions): Promise<NetnsHarness> {
   if (!Number.isInteger(opts.nodes) || opts.nodes < 1 || opts.nodes > MAX_INDEX) {
     throw new Error(`nodes must be 1..${MAX_INDEX}, not ${opts.nodes}`);
   }
-  if (harnessCount >= MAX_INDEX) throw new Error(`at most ${MAX_INDEX} network harnesses per test process`);
+  const slot = Array.from({ length: MAX_INDEX }, (_, i) => i).find((i) => !slotsInUse.has(i));
+  if (slot === undefined) throw new Error(`at most ${MAX_INDEX} network harnesses at once per test process`);
   const reason = netnsUnavailableReason();
   if (reason !== null) throw new Error(reason);
-  const k = (harnessCount++).toString(36);
+  slotsInUse.add(slot);
+  const k = slot.toString(36);
   await removeStaleNetns();
   const tag = pidTag(process.pid);
   const octet3 = await pickSubnet(process.pid * 7 + parseInt(k, 36));
@@ -292,6 +299,7 @@ export async function createNetns(opts: CreateNetnsOptions): Promise<NetnsHarnes
       device: 'eth0' as const,
       hostVeth: `${VETH_PREFIX}-${tag}-${k}-${i.toString(36)}`,
     })),
+    slot,
   );
   live.add(h);
   hookExit();
@@ -321,6 +329,8 @@ export class NetnsHarness {
     /** The bridge's address in the root namespace: the host side of every node. */
     readonly hostAddress: string,
     readonly nodes: readonly NetnsNode[],
+    /** Its slot among this process's harnesses (freed by destroy). */
+    readonly slot: number,
   ) {}
 
   /** @internal */
@@ -575,6 +585,7 @@ export class NetnsHarness {
     }
     await run('ip', ['link', 'del', this.bridge]);
     live.delete(this);
+    slotsInUse.delete(this.slot);
   }
 
   /** destroy() for an exiting process: synchronous, SIGKILL only. */
@@ -603,6 +614,7 @@ export class NetnsHarness {
     }
     spawnSync('ip', ['link', 'del', this.bridge], opts);
     live.delete(this);
+    slotsInUse.delete(this.slot);
   }
 }
 
