@@ -165,7 +165,13 @@ export class Replicator {
         if (this.epochWrites >= MAX_EPOCH_WRITES) void Promise.all(this.closeEpoch());
         const w: ReplicatedWrite = { kind, seq: ++this.seq, epoch: this.epoch, offset, length, fua, ...extra };
         this.epochWrites++;
-        waits = this.send(w, store !== null);
+        const sent = this.send(w, store !== null);
+        waits = sent.waits;
+        // A data peer that does not take replication now (lost a moment
+        // ago, or away) will not have this write: whether it may be
+        // acknowledged is the degraded gate's call, as for a peer lost
+        // while the write was in flight.
+        if (sent.missed) degraded = true;
         if (store) {
           try {
             await local(store);
@@ -185,11 +191,9 @@ export class Replicator {
       if (fua && store) await this.o.flushLocal();
       if (waits.length > 0) {
         const outcomes = await Promise.all(waits);
-        if (outcomes.some((o) => o !== 'ok')) {
-          this.counters.degradedWrites++;
-          degraded = true;
-        }
+        if (outcomes.some((o) => o !== 'ok')) degraded = true;
       }
+      if (degraded) this.counters.degradedWrites++;
       this.counters.writes++;
       this.epochProgress();
     } finally {
@@ -205,21 +209,22 @@ export class Replicator {
     }
   }
 
-  /** Queue the write to every replicating peer; mark it for the others. */
-  private send(w: ReplicatedWrite, haveBitmaps: boolean): Array<Promise<PeerOutcome>> {
+  /** Queue the write to every replicating peer; mark it for the others (`missed`). */
+  private send(w: ReplicatedWrite, haveBitmaps: boolean): { waits: Array<Promise<PeerOutcome>>; missed: boolean } {
     const waits: Array<Promise<PeerOutcome>> = [];
+    let missed = false;
     for (const peer of this.o.peers()) {
       if (peer.peerIsWitness) continue;
       const p = peer.replicate(w);
       if (p === null) {
         this.epochOnAllPeers = false;
         if (haveBitmaps) this.o.bitmapFor(peer.nodeId)?.setRange(w.offset, w.length);
-        this.counters.degradedWrites++;
+        missed = true;
       } else {
         waits.push(p);
       }
     }
-    return waits;
+    return { waits, missed };
   }
 
   private epochProgress(): void {

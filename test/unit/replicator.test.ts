@@ -89,7 +89,7 @@ interface Rig {
   flushes: { count: number; hold: Deferred | null };
 }
 
-function rig(peerCount = 1, intent: WriteIntent | null = null, diskless = false): Rig {
+function rig(peerCount = 1, intent: WriteIntent | null = null, diskless = false, degradedGate?: () => Promise<void> | null): Rig {
   const store = new ControlledStore(SIZE);
   const peers = Array.from({ length: peerCount }, (_, i) => new FakePeer(i + 1));
   const bitmaps = new Map(peers.map((p) => [p.nodeId, new Bitmap(SIZE)]));
@@ -105,6 +105,7 @@ function rig(peerCount = 1, intent: WriteIntent | null = null, diskless = false)
       flushes.count++;
     },
     intent,
+    degradedGate,
     log,
   });
   stops.push(() => replicator.stop());
@@ -155,6 +156,29 @@ describe('Replicator: peers that do not take replication (G1, G3)', () => {
     expect(bm.nextSetRun(18)).toEqual({ block: 32, count: 1 });
     expect(r.store.events).toEqual([`writeZeroes ${64 * KiB}+${8 * KiB}`, `trim ${128 * KiB}+${4 * KiB}`]);
     expect(r.replicator.counters.degradedWrites).toBe(2);
+  });
+
+  // A write that reached the replicator before quorum was lost (past the
+  // export's suspension) but finds no peer taking replication any more:
+  // only the gate may let it be acknowledged (G4).
+  it('a write no data peer takes is acknowledged only through the degraded gate', async () => {
+    let gate: Promise<void> | null = null;
+    const r = rig(2, null, false, () => gate);
+    for (const p of r.peers) p.replicating = false;
+    await r.replicator.write(0, Buffer.alloc(4096, 1), false); // quorum held: the gate lets it go
+    let open!: () => void;
+    gate = new Promise<void>((resolve) => (open = resolve));
+    const held = watch(r.replicator.write(4096, Buffer.alloc(4096, 2), false));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(r.store.count('write')).toBe(2); // written and marked for both peers...
+    expect(r.bitmaps.get(1)!.countSet()).toBe(2);
+    expect(held.settled).toBe(false); // ...but not acknowledged while the gate holds it
+    open();
+    await held.promise;
+    gate = Promise.reject(Object.assign(new Error('no quorum'), { errno: 'EIO' }));
+    gate.catch(() => undefined);
+    await expect(r.replicator.write(8192, Buffer.alloc(4096, 3), false)).rejects.toThrow('no quorum');
+    expect(r.replicator.counters.degradedWrites).toBe(3);
   });
 
   it('with no peers at all, a write completes on the local write alone', async () => {
