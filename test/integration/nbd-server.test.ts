@@ -762,6 +762,31 @@ describe('lifecycle and policy', () => {
     expect(e.closedClients).toHaveLength(1);
   });
 
+  it('close(): requests waiting behind a full window were received, so each gets ESHUTDOWN before the connection ends', async () => {
+    const e = exp();
+    const { server, listener } = await serve([e]);
+    const c = await connect(listener);
+    await c.negotiate({ structured: true });
+    e.hold(0);
+    // 64 held reads fill the window; 10 more wait behind it, unread or undecoded
+    for (let i = 1; i <= 64; i++) c.request({ type: NBD_CMD_READ, cookie: BigInt(i), offset: 0, length: 512 });
+    for (let i = 65; i <= 74; i++) c.request({ type: NBD_CMD_READ, cookie: BigInt(i), offset: 4096, length: 512 });
+    await new Promise((r) => setTimeout(r, 50));
+    expect(e.maxReadsRunning).toBe(64);
+    const closing = server.close();
+    const errors = new Map<bigint, number>();
+    for (let i = 0; i < 10; i++) {
+      const r = await c.readReply();
+      errors.set(r.header.cookie, errorChunk(r.data).error);
+    }
+    expect([...errors.keys()].sort((a, b) => Number(a - b))).toEqual(Array.from({ length: 10 }, (_, i) => BigInt(65 + i)));
+    expect(new Set(errors.values())).toEqual(new Set([NBD_ESHUTDOWN]));
+    e.release(0);
+    for (let i = 0; i < 64; i++) expect((await c.readReply()).header.type).toBe(NBD_REPLY_TYPE_OFFSET_DATA);
+    expect(await c.closesWithin()).toBe(true);
+    await closing;
+  });
+
   it('disconnectClients() ends only that export\'s sessions', async () => {
     const a = exp('a');
     const b = exp('b');

@@ -92,9 +92,12 @@ describe.skipIf(missing.length > 0)('single Primary (G4) on a connected pair', (
       expect(refused.stderr).toMatch(/1 NBD client/);
       expect((await status(c.alpha)).role).toBe('Primary');
 
-      // Keep more writes outstanding than the server takes in flight (64 MiB),
-      // so some always wait behind its window; then force the demotion.
-      const stream = streamWrites(go.socket, { depth: 96, lengthBytes: 1024 * 1024, spanBytes: 12 * 1024 * 1024, timeoutMs: 30_000 });
+      // Keep four times more writes outstanding than the server takes in
+      // flight (64 requests), small enough that many of them are received
+      // and waiting behind its window (the server answers those with
+      // ESHUTDOWN; test/integration/nbd-server.test.ts proves that exactly);
+      // then force the demotion.
+      const stream = streamWrites(go.socket, { depth: 256, lengthBytes: 4096, spanBytes: 12 * 1024 * 1024, timeoutMs: 30_000 });
       await new Promise((r) => setTimeout(r, 300));
       expect(stream.replies.get(0) ?? 0, 'writes went through before the demotion').toBeGreaterThan(0);
       await mustSucceed(c.alpha.cli('secondary', 'r0', '--force'));
