@@ -17,11 +17,8 @@ export interface BlockHistory {
   latestDurable: number | null;
 }
 
-export interface LogHistory {
-  header: AckLogHeader;
-  blocks: Map<number, BlockHistory>;
-  /** Highest sequence the log holds. */
-  lastSeq: number;
+/** What a log holds, counted: the part of its history a report shows. */
+export interface LogTally {
   /**
    * The log's last run wrote its end record and nothing follows: every
    * write ever sent is in it. Otherwise the checker may have died (or its
@@ -36,6 +33,19 @@ export interface LogHistory {
   writesDurable: number;
   flushesSent: number;
   flushesAcked: number;
+}
+
+export interface LogHistory extends LogTally {
+  header: AckLogHeader;
+  blocks: Map<number, BlockHistory>;
+  /** Highest sequence the log holds. */
+  lastSeq: number;
+}
+
+/** The tally alone (a report carries it without the blocks). */
+export function tallyOf(h: LogHistory): LogTally {
+  const { complete, runs, writesSent, writesAcked, writesFailed, writesDurable, flushesSent, flushesAcked } = h;
+  return { complete, runs, writesSent, writesAcked, writesFailed, writesDurable, flushesSent, flushesAcked };
 }
 
 export function buildHistory(log: ParsedAckLog): LogHistory {

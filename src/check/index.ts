@@ -37,7 +37,7 @@ export {
   type WorkloadResult,
   type WriteTarget,
 } from './workload.js';
-export { buildHistory, type BlockHistory, type LogHistory } from './history.js';
+export { buildHistory, tallyOf, type BlockHistory, type LogHistory, type LogTally } from './history.js';
 export {
   judgeBlock,
   verifyLog,

@@ -20,7 +20,7 @@
  */
 import { MirrorError } from '../errors.js';
 import type { BlockSource } from './block-source.js';
-import type { BlockHistory, LogHistory } from './history.js';
+import { tallyOf, type BlockHistory, type LogHistory, type LogTally } from './history.js';
 import { STAMP_BLOCK_BYTES, decodeStamp, type DecodedBlock } from './stamp.js';
 
 export type VerifyMode = 'acknowledged' | 'crash';
@@ -147,16 +147,7 @@ export interface VerifyReport {
   counts: Record<BlockOutcome, number>;
   /** The first violations by block number (all are counted). */
   violations: Violation[];
-  log: {
-    runs: number;
-    complete: boolean;
-    writesSent: number;
-    writesAcked: number;
-    writesFailed: number;
-    writesDurable: number;
-    flushesSent: number;
-    flushesAcked: number;
-  };
+  log: LogTally;
 }
 
 export interface VerifyOptions {
@@ -238,16 +229,7 @@ export async function verifyLog(o: VerifyOptions): Promise<VerifyReport> {
     blocksRead,
     counts,
     violations,
-    log: {
-      runs: h.runs,
-      complete: h.complete,
-      writesSent: h.writesSent,
-      writesAcked: h.writesAcked,
-      writesFailed: h.writesFailed,
-      writesDurable: h.writesDurable,
-      flushesSent: h.flushesSent,
-      flushesAcked: h.flushesAcked,
-    },
+    log: tallyOf(h),
   };
 }
 
