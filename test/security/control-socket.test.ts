@@ -6,7 +6,6 @@
  * that answer and a closed connection), changes nothing, and leaves the
  * daemon serving.
  */
-import { spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -16,6 +15,7 @@ import { MAX_CONTROL_LINE_BYTES } from '../../src/daemon/control-protocol.js';
 import { daemonPaths } from '../../src/daemon/run-dir.js';
 import { mustSucceed, startNode, type StartedNode } from '../helpers/single-node.js';
 import { hasTool, requireTools } from '../helpers/tools.js';
+import { run, type RunResult } from '../interop/proc.js';
 import { RawConnection, waitForLog } from './support.js';
 
 interface Reply {
@@ -65,19 +65,10 @@ async function until(check: () => boolean, what: string): Promise<void> {
 }
 
 /** Runs `node -e script socketPath` as `nobody`; its stdout. */
-function asNobody(script: string, socketPath: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('setpriv', ['--reuid=nobody', '--regid=nogroup', '--clear-groups', process.execPath, '-e', script, socketPath], {
-      // Not the test's environment: vitest's NODE_OPTIONS and friends name files nobody may read.
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', LANG: 'C' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
+function asNobody(script: string, socketPath: string): Promise<RunResult> {
+  return run('setpriv', ['--reuid=nobody', '--regid=nogroup', '--clear-groups', process.execPath, '-e', script, socketPath], {
+    // Not the test's environment: vitest's NODE_OPTIONS and friends name files nobody may read.
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', LANG: 'C' },
   });
 }
 
