@@ -18,6 +18,12 @@ export interface Extent {
   zero: boolean;
 }
 
+/** A byte range [offset, offset + length): one of the runs of a scattered request. */
+export interface ByteRange {
+  offset: number;
+  length: number;
+}
+
 export interface WriteZeroesOptions {
   /** The caller wants the range allocated (NBD NO_HOLE): do not punch. */
   noHole?: boolean;
@@ -52,6 +58,28 @@ export interface BlockStore {
    * can). The store only reads the parts and keeps none of them.
    */
   writev?(offset: number, parts: readonly Buffer[]): Promise<void>;
+  /**
+   * Optional: read the scattered `runs` into one buffer, one after the
+   * other (run i starts where run i-1 ended), as one read per run would.
+   * Every run is range-checked before any I/O starts; the promise settles
+   * only once no read of the batch is in progress any more, so on failure
+   * the buffer is no longer written to either.
+   */
+  readRuns?(runs: readonly ByteRange[], into?: Buffer): Promise<Buffer>;
+  /**
+   * Optional: write the bytes of `data` (its pieces, concatenated) to the
+   * scattered `runs` in order: the first runs[0].length bytes at
+   * runs[0].offset, and so on; their lengths must add up. Checked and
+   * settled as readRuns is: when it rejects, no write of the batch is still
+   * going on (each one either completed or failed).
+   */
+  writeRuns?(runs: readonly ByteRange[], data: readonly Buffer[]): Promise<void>;
+  /**
+   * Optional hint: batches of scattered runs are likely soon (a resync
+   * starts). A store that needs time to get ready for them starts now,
+   * without making anyone wait.
+   */
+  prepareRuns?(): void;
   writeZeroes(offset: number, length: number, options?: WriteZeroesOptions): Promise<void>;
   /** A hint that the range is no longer needed; contents afterwards are unspecified. */
   trim(offset: number, length: number): Promise<void>;

@@ -18,6 +18,7 @@ import {
   BlockStoreError,
   type BlockStore,
   type BlockStoreCapabilities,
+  type ByteRange,
   type Extent,
   type WriteZeroesOptions,
 } from './block-store.js';
@@ -25,6 +26,8 @@ import { sizeOf } from './device-size.js';
 import { IoLimiter } from './io-limiter.js';
 import { nodePositionalIo, type PositionalIo } from './positional-io.js';
 import { checkRange, isByteCount } from './range-check.js';
+import { checkRuns, piecesLength, piecesOfRuns, settleAll } from './scattered.js';
+import { ScatteredWorker, type WorkerFailure } from './scattered-worker.js';
 
 export const DEFAULT_MAX_IN_FLIGHT = 64;
 
@@ -72,6 +75,8 @@ export class FileStore implements BlockStore {
   private readonly fd: number;
   private readonly io: PositionalIo;
   private readonly limiter: IoLimiter;
+  /** Batches of scattered runs as one job each; null with an injected PositionalIo (its calls are what is tested). */
+  private readonly scattered: ScatteredWorker | null;
   private closed = false;
   private closing: Promise<void> | undefined;
 
@@ -94,6 +99,7 @@ export class FileStore implements BlockStore {
     this.readOnly = init.readOnly;
     this.io = init.io;
     this.limiter = new IoLimiter(init.maxInFlight);
+    this.scattered = init.io === nodePositionalIo ? new ScatteredWorker(init.fd, init.isBlockDevice) : null;
     this.capabilities = Object.freeze({
       canTrim: false,
       canFastZero: false,
@@ -283,6 +289,87 @@ export class FileStore implements BlockStore {
     );
   }
 
+  /** Batches of scattered runs go to the worker now (it was asked for and is online). */
+  get runsInWorker(): boolean {
+    return this.scattered?.ready ?? false;
+  }
+
+  /**
+   * Batches of scattered runs are likely from now on (a resync starts):
+   * starts the worker that takes each batch as one job, in the background.
+   */
+  prepareRuns(): void {
+    if (!this.closed) this.scattered?.start();
+  }
+
+  /**
+   * One job for the whole batch when the worker is ready (one slot);
+   * otherwise each run is one read of its own (a slot each, as separate
+   * reads would take), all issued at once: the thread pool works on several
+   * while the loop goes on.
+   */
+  readRuns(runs: readonly ByteRange[], into?: Buffer): Promise<Buffer> {
+    let total: number;
+    try {
+      this.ensureOpen('read', runs[0]?.offset ?? 0, 0);
+      total = checkRuns('read', runs, this.size, 'EINVAL');
+      if (into !== undefined && !(into instanceof Uint8Array && into.length >= total)) {
+        throw new BlockStoreError('EINVAL', 'read', runs[0]?.offset ?? 0, total, `read: the buffer given holds fewer than ${total} bytes`);
+      }
+      if (into === undefined && total > bufferConstants.MAX_LENGTH) {
+        throw new BlockStoreError('EINVAL', 'read', runs[0]?.offset ?? 0, total, `read: ${total} bytes is more than one Buffer can hold`);
+      }
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const worker = this.scattered;
+    if (worker?.ready) {
+      return into === undefined
+        ? this.inWorker('read', runs, total, () => worker.read(runs, total))
+        : this.inWorker('read', runs, total, () => worker.readInto(runs, total, into)).then(() => into);
+    }
+    const buffer = into ?? Buffer.allocUnsafe(total);
+    const reads: Array<Promise<Buffer>> = [];
+    let at = 0;
+    for (const r of runs) {
+      reads.push(this.read(r.offset, r.length, buffer.subarray(at, at + r.length)));
+      at += r.length;
+    }
+    return settleAll(reads).then(() => buffer);
+  }
+
+  /** One job in the worker, or one write (or writev of its pieces) per run, as readRuns. */
+  writeRuns(runs: readonly ByteRange[], data: readonly Buffer[]): Promise<void> {
+    let total: number;
+    try {
+      this.ensureOpen('write', runs[0]?.offset ?? 0, 0);
+      total = checkRuns('write', runs, this.size, 'ENOSPC');
+      const given = piecesLength(data);
+      if (given !== total) throw new BlockStoreError('EINVAL', 'write', runs[0]?.offset ?? 0, total, `write: ${given} bytes given for runs of ${total}`);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const worker = this.scattered;
+    if (worker?.ready) return this.inWorker('write', runs, total, () => worker.write(runs, data, total));
+    const pieces = piecesOfRuns(runs, data);
+    return settleAll(runs.map((r, i) => (pieces[i]!.length === 1 ? this.write(r.offset, pieces[i]![0]!) : this.writev(r.offset, pieces[i]!))));
+  }
+
+  /** A batch in the worker holding one slot; its failure as a BlockStoreError. */
+  private async inWorker<T>(op: 'read' | 'write', runs: readonly ByteRange[], total: number, job: () => Promise<T>): Promise<T> {
+    if (!this.limiter.tryAcquire()) await this.limiter.acquire();
+    try {
+      return await job();
+    } catch (e) {
+      const f = e as Partial<WorkerFailure>;
+      const code = typeof f.code === 'string' ? f.code : 'EIO';
+      const offset = runs[0]?.offset ?? 0;
+      throw new BlockStoreError(code, op, offset, total, `${this.path}: ${op} of ${runs.length} runs from ${offset} failed: ${code} (${f.message ?? String(e)})`);
+    } finally {
+      this.limiter.release();
+    }
+  }
+
   /** Writes what follows the first `done` bytes of the parts, part by part. */
   private async writePartsFrom(parts: readonly Buffer[], offset: number, done: number): Promise<void> {
     let at = 0;
@@ -380,6 +467,7 @@ export class FileStore implements BlockStore {
       this.closed = true;
       this.closing = this.limiter
         .idle()
+        .then(() => this.scattered?.close())
         .then(() => closeFd(this.fd))
         .catch((e: unknown) => {
           throw fsFailure(e, 'close', 0, 0, this.path);

@@ -8,8 +8,9 @@
  * punching would.
  */
 import { constants as bufferConstants } from 'node:buffer';
-import { BlockStoreError, type BlockStore, type BlockStoreCapabilities, type Extent, type WriteZeroesOptions } from './block-store.js';
+import { BlockStoreError, type BlockStore, type BlockStoreCapabilities, type ByteRange, type Extent, type WriteZeroesOptions } from './block-store.js';
 import { checkRange, isByteCount } from './range-check.js';
+import { checkRuns, piecesLength, piecesOfRuns } from './scattered.js';
 
 /** Allocation granularity: also the granularity of the holes extents() reports. */
 export const MEMORY_CHUNK_BYTES = 64 * 1024;
@@ -78,6 +79,38 @@ export class MemoryStore implements BlockStore {
     this.admit('write', offset, length, 'ENOSPC');
     this.forEachPiece(offset, length, (index, within, n, done) => {
       this.chunkFor(index).set(data.subarray(done, done + n), within);
+    });
+  }
+
+  async readRuns(runs: readonly ByteRange[], into?: Buffer): Promise<Buffer> {
+    const total = checkRuns('read', runs, this.size, 'EINVAL');
+    for (const r of runs) this.admit('read', r.offset, r.length, 'EINVAL');
+    if (into !== undefined && !(into instanceof Uint8Array && into.length >= total)) {
+      throw new BlockStoreError('EINVAL', 'read', runs[0]?.offset ?? 0, total, `read: the buffer given holds fewer than ${total} bytes`);
+    }
+    const buffer = into ?? Buffer.allocUnsafe(total);
+    let at = 0;
+    for (const r of runs) {
+      await this.read(r.offset, r.length, buffer.subarray(at, at + r.length));
+      at += r.length;
+    }
+    return buffer;
+  }
+
+  async writeRuns(runs: readonly ByteRange[], data: readonly Buffer[]): Promise<void> {
+    const total = checkRuns('write', runs, this.size, 'ENOSPC');
+    for (const r of runs) this.admit('write', r.offset, r.length, 'ENOSPC');
+    const given = piecesLength(data);
+    if (given !== total) throw new BlockStoreError('EINVAL', 'write', runs[0]?.offset ?? 0, total, `write: ${given} bytes given for runs of ${total}`);
+    const pieces = piecesOfRuns(runs, data);
+    runs.forEach((r, i) => {
+      let done = 0;
+      for (const piece of pieces[i]!) {
+        this.forEachPiece(r.offset + done, piece.length, (index, within, n, d) => {
+          this.chunkFor(index).set(piece.subarray(d, d + n), within);
+        });
+        done += piece.length;
+      }
     });
   }
 

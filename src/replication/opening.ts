@@ -36,7 +36,7 @@ import {
 } from './wire/index.js';
 
 /** What this implementation offers in HELLO (integrity only when configured). */
-export const OWN_FEATURES = FEATURES.ZEROES | FEATURES.TRIM;
+export const OWN_FEATURES = FEATURES.ZEROES | FEATURES.TRIM | FEATURES.RS_BATCH;
 
 export interface OpeningOptions {
   resource: string;

@@ -701,6 +701,9 @@ export class Peer {
     const port = this.o.port;
     const store = port.store()!;
     const bitmap = port.bitmapFor(this.nodeId)!;
+    // Batches of scattered blocks may come: the store gets ready for them
+    // now, in the background, while the target persists Inconsistent.
+    if ((s.features & FEATURES.RS_BATCH) !== 0) store.prepareRuns?.();
     if (role === 'source') {
       // Ready before anything is awaited: the target's first requests may
       // already be queued behind the handshake and are handled right after
@@ -729,6 +732,7 @@ export class Peer {
         csumsAlg: this.csumsAlg(),
         limitBytes: this.agreedSizeBytes,
         requestBytes: Math.min(DEFAULT_RESYNC_REQUEST_BYTES, this.agreedMaxPayloadBytes),
+        batch: (s.features & FEATURES.RS_BATCH) !== 0,
       },
       {
         done: () => void this.resyncDone(s, 'target'),

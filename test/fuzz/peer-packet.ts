@@ -10,8 +10,11 @@
  * repeat, swap, a packet of the other channel, a second HELLO, a header
  * whose type, length or digest flag lies) and at the byte level. Oracles:
  * - random splits change nothing (packets and verdict); with
- *   gatherPayloads, an RS_DATA_REPLY may come as pieces instead of one
- *   payload, and the pieces hold the same bytes;
+ *   gatherPayloads, an RS_DATA_REPLY or RS_BATCH_REPLY may come as pieces
+ *   instead of one payload, and the pieces hold the same bytes;
+ * - every RS_BATCH_REQUEST and RS_BATCH_REPLY decoded names 1..MAX_BATCH_RUNS
+ *   ascending, disjoint, non-empty runs, and a reply's payload is exactly
+ *   their bytes;
  * - the allocate hook never sees more than the length limit;
  * - the gate holds: the opening comes first and in order, handshake packets
  *   never after it, nothing after DISCONNECT, every established packet
@@ -28,6 +31,7 @@ import {
   KNOWN_PARAMS_FLAGS,
   KNOWN_UUID_FLAGS,
   KNOWN_WRITE_FLAGS,
+  MAX_BATCH_RUNS,
   MAX_DIGEST_BYTES,
   PACKET_SPECS,
   PacketDecoder,
@@ -38,11 +42,14 @@ import {
   WIRE_ROLES,
   encodePacket,
   encodedLength,
+  runsBytes,
+  runsProblem,
   specOfKind,
   type Channel,
   type Packet,
   type PacketDecoderOptions,
   type PacketKind,
+  type ResyncRun,
 } from '../../src/replication/wire/index.js';
 import { SYNC_RULES, SYNC_STRATEGIES } from '../../src/replication/sync-decision.js';
 import { check, interestingU32, mutateBytes, randomSplit, runInputs, sameData, show, showBytes, type FuzzBudget, type FuzzCounts, type Rng } from './fuzz-kit.js';
@@ -65,6 +72,28 @@ function text(rng: Rng, max: number): string {
 
 function payload(rng: Rng, max: number): Buffer {
   return rng.chance(0.2) ? Buffer.alloc(0) : rng.bytes(rng.length(max));
+}
+
+/**
+ * Runs that follow the rule: ascending, disjoint, non-empty, below 2^53;
+ * adjacent now and then, near 2^53 now and then. With `maxBytes`, at most
+ * that many bytes together (a reply's payload); without, lengths up to
+ * 2^32-1.
+ */
+function randomRuns(rng: Rng, maxBytes?: number): ResyncRun[] {
+  const count = rng.chance(0.1) ? MAX_BATCH_RUNS : 1 + rng.int(rng.chance(0.5) ? 4 : MAX_BATCH_RUNS);
+  const runs: ResyncRun[] = [];
+  let left = maxBytes ?? Number.POSITIVE_INFINITY;
+  let at = rng.chance(0.1) ? 2 ** 53 - 2 ** 42 : rng.chance(0.5) ? 0 : rng.int(2 ** 40);
+  for (let i = 0; i < count && left > 0; i++) {
+    const wide = maxBytes === undefined && rng.chance(0.1) ? Math.max(1, interestingU32(rng)) : 1 + rng.int(4096);
+    const length = Math.min(wide, left);
+    if (length > 2 ** 53 - at) break;
+    left -= length;
+    runs.push({ offset: at, length });
+    at += length + (rng.chance(0.3) ? 0 : rng.int(2 ** 20));
+  }
+  return runs.length > 0 ? runs : [{ offset: 0, length: 1 }];
 }
 
 /** A packet of `kind` with random fields that the encoder accepts. */
@@ -142,6 +171,12 @@ function randomPacket(rng: Rng, kind: PacketKind, channel: Channel, maxPayload: 
       return { kind, id: u53(rng), errno: interestingU32(rng) };
     case 'disconnect':
       return { kind, reason: text(rng, 255) };
+    case 'rs-batch-request':
+      return { kind, id: u53(rng), runs: randomRuns(rng) };
+    case 'rs-batch-reply': {
+      const runs = randomRuns(rng, Math.max(1, Math.min(maxPayload, 4 * MAX_BATCH_RUNS)));
+      return { kind, id: u53(rng), runs, payload: rng.bytes(runsBytes(runs)) };
+    }
   }
 }
 
@@ -214,12 +249,19 @@ function randomStream(rng: Rng, setup: Setup): Buffer {
 
 /** Packets with Buffers as hex: comparable, and safe from later reuse of chunks. */
 function plain(p: Packet): Record<string, unknown> {
-  if (p.kind === 'rs-data-reply' && p.parts !== undefined) {
+  if (p.kind === 'rs-batch-request' || p.kind === 'rs-batch-reply') {
+    check(runsProblem(p.runs) === null, () => `${p.kind} decoded with runs that break the rule: ${runsProblem(p.runs)}`);
+    if (p.kind === 'rs-batch-reply') {
+      const bytes = (p.parts ?? [p.payload]).reduce((n, b) => n + b.length, 0);
+      check(bytes === runsBytes(p.runs), `${p.kind} decoded with ${bytes} bytes for runs of ${runsBytes(p.runs)}`);
+    }
+  }
+  if ((p.kind === 'rs-data-reply' || p.kind === 'rs-batch-reply') && p.parts !== undefined) {
     // Gathered: the same packet as one payload (splitting only moves where the pieces end).
-    check(p.payload.length === 0, 'a gathered rs-data-reply also has a payload');
-    check(p.parts.every((b) => b.length > 0), 'a gathered rs-data-reply has an empty piece');
+    check(p.payload.length === 0, `a gathered ${p.kind} also has a payload`);
+    check(p.parts.every((b) => b.length > 0), `a gathered ${p.kind} has an empty piece`);
     const { parts, ...rest } = p;
-    return plain({ ...rest, payload: Buffer.concat(parts) });
+    return plain({ ...rest, payload: Buffer.concat(parts) } as Packet);
   }
   return Object.fromEntries(Object.entries(p).map(([k, v]) => [k, Buffer.isBuffer(v) ? `hex:${v.toString('hex')}` : Array.isArray(v) ? [...(v as unknown[])] : v]));
 }

@@ -371,6 +371,125 @@ describe('FileStore on a regular file', () => {
   });
 });
 
+describe('FileStore: scattered runs (readRuns, writeRuns)', () => {
+  const runs = [
+    { offset: 3, length: 5000 },
+    { offset: 8192, length: 4096 },
+    { offset: 8192 + 4096, length: 1 }, // adjacent to the one before
+    { offset: 100 * KiB, length: 10 * KiB },
+  ];
+  const total = runs.reduce((n, r) => n + r.length, 0);
+
+  /** The bytes of the runs, one after the other, as separate reads see them. */
+  function gather(content: Buffer): Buffer {
+    return Buffer.concat(runs.map((r) => content.subarray(r.offset, r.offset + r.length)));
+  }
+
+  /** Waits for the worker prepareRuns started. */
+  async function withWorker(store: FileStore): Promise<void> {
+    store.prepareRuns();
+    const deadline = Date.now() + 10_000;
+    while (!store.runsInWorker) {
+      if (Date.now() > deadline) throw new Error('the scattered I/O worker never came online');
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+
+  for (const mode of ['pool', 'worker'] as const) {
+    it(`reads and writes the runs in order, pieces cut anywhere (${mode})`, async () => {
+      const content = randomBytes(256 * KiB);
+      const file = makeFile(`runs-${mode}.img`, content);
+      const store = await openStore(file);
+      if (mode === 'worker') await withWorker(store);
+      expect(store.runsInWorker).toBe(mode === 'worker');
+      expect((await store.readRuns(runs)).equals(gather(content))).toBe(true);
+      // into a caller's buffer (a view of a bigger one)
+      const big = Buffer.alloc(total + 10, 0xee);
+      const into = big.subarray(5, 5 + total);
+      expect(await store.readRuns(runs, into)).toBe(into);
+      expect(into.equals(gather(content))).toBe(true);
+      expect(big.subarray(0, 5).every((b) => b === 0xee) && big.subarray(5 + total).every((b) => b === 0xee)).toBe(true);
+      // pieces that do not line up with the runs
+      const data = randomBytes(total);
+      const pieces = [data.subarray(0, 1), data.subarray(1, 5001), data.subarray(5001, 9000), data.subarray(9000)];
+      await store.writeRuns(runs, pieces);
+      const after = fs.readFileSync(file);
+      const expected = Buffer.from(content);
+      let at = 0;
+      for (const r of runs) {
+        data.copy(expected, r.offset, at, at + r.length);
+        at += r.length;
+      }
+      expect(after.equals(expected)).toBe(true);
+      expect(store.inFlight).toBe(0);
+    });
+
+    it(`checks every run before any I/O (${mode})`, async () => {
+      const content = randomBytes(64 * KiB);
+      const file = makeFile(`runs-bad-${mode}.img`, content);
+      const store = await openStore(file);
+      if (mode === 'worker') await withWorker(store);
+      const ok = { offset: 0, length: 4096 };
+      expect((await rejection(store.readRuns([ok, { offset: 64 * KiB - 10, length: 11 }]))).errno).toBe('EINVAL');
+      expect((await rejection(store.writeRuns([ok, { offset: 64 * KiB - 10, length: 11 }], [Buffer.alloc(4107)]))).errno).toBe('ENOSPC');
+      expect((await rejection(store.writeRuns([{ offset: 8192, length: 10 }, ok], [Buffer.alloc(4106)]))).errno).toBe('EINVAL');
+      expect((await rejection(store.writeRuns([ok, { offset: 4000, length: 10 }], [Buffer.alloc(4106)]))).errno).toBe('EINVAL');
+      expect((await rejection(store.writeRuns([ok, { offset: 8192, length: 0 }], [Buffer.alloc(4096)]))).errno).toBe('EINVAL');
+      expect((await rejection(store.writeRuns([ok], [Buffer.alloc(4095)]))).errno).toBe('EINVAL');
+      expect((await rejection(store.readRuns([ok, { offset: 8192, length: 10 }], Buffer.alloc(4100)))).errno).toBe('EINVAL');
+      // nothing was written
+      expect(fs.readFileSync(file).equals(content)).toBe(true);
+    });
+
+    it(`reads past the end of a file that shrank as zeroes, and surfaces the errno of a failed write (${mode})`, async () => {
+      const file = makeFile(`runs-shrink-${mode}.img`, Buffer.alloc(64 * KiB, 0x77));
+      const store = await openStore(file);
+      if (mode === 'worker') await withWorker(store);
+      fs.truncateSync(file, 10_000);
+      const got = await store.readRuns([{ offset: 0, length: 100 }, { offset: 9_950, length: 100 }, { offset: 60 * KiB, length: 10 }]);
+      expect(got.subarray(0, 150).every((b) => b === 0x77)).toBe(true);
+      expect(got.subarray(150).every((b) => b === 0)).toBe(true);
+      const ro = await openStore(file, { readOnly: true });
+      if (mode === 'worker') await withWorker(ro);
+      const err = await rejection(ro.writeRuns([{ offset: 0, length: 1 }, { offset: 10, length: 1 }], [Buffer.alloc(2)]));
+      expect({ errno: err.errno, op: err.op, offset: err.offset }).toEqual({ errno: 'EBADF', op: 'write', offset: 0 });
+    });
+  }
+
+  it('through the pool: one slot per run, and a failure only once every run of the batch has settled', async () => {
+    const file = makeFile('runs-slots.img', Buffer.alloc(256 * KiB));
+    const { io, stats } = instrumentedIo({ delayMs: 2, fail: (r) => (r.position === 8192 ? 'EIO' : undefined) });
+    const store = await openStore(file, { io, maxInFlight: 2 });
+    // an injected PositionalIo is what is tested: no worker for it
+    store.prepareRuns();
+    await new Promise((r) => setTimeout(r, 50));
+    expect(store.runsInWorker).toBe(false);
+    const many = Array.from({ length: 8 }, (_, i) => ({ offset: i * 8192, length: 4096 }));
+    const failed = store.writeRuns(many, [Buffer.alloc(8 * 4096)]).then(
+      () => null,
+      (e: unknown) => ({ e, outstanding: stats.current }),
+    );
+    const outcome = await failed;
+    expect((outcome?.e as BlockStoreError).errno).toBe('EIO');
+    expect(outcome?.outstanding).toBe(0);
+    expect(stats.peak).toBe(2);
+    expect(stats.calls.filter((c) => c.op === 'write')).toHaveLength(8);
+  });
+
+  it('close ends the worker; runs afterwards are refused with EBADF', async () => {
+    const file = makeFile('runs-close.img', Buffer.alloc(64 * KiB));
+    const store = await FileStore.open(file);
+    await withWorker(store);
+    const pending = store.writeRuns([{ offset: 0, length: 10 }, { offset: 100, length: 10 }], [Buffer.alloc(20, 1)]);
+    const closing = store.close();
+    await pending;
+    await closing;
+    expect(store.runsInWorker).toBe(false);
+    expect((await rejection(store.readRuns([{ offset: 0, length: 1 }]))).errno).toBe('EBADF');
+    expect(fs.readFileSync(file).subarray(100, 110).every((b) => b === 1)).toBe(true);
+  });
+});
+
 describe('FileStore on a block device', () => {
   it('finds the size of a loop device and reads and writes through it', async (ctx) => {
     const backing = makeFile('loop-backing.img', Buffer.alloc(3 * MiB, 0x11));

@@ -133,6 +133,26 @@ describe('MemoryStore', () => {
     expect((await store.read(10, 1)).toString()).toBe('x');
   });
 
+  it('reads and writes scattered runs in order, refusing a bad batch before touching anything', async () => {
+    const s = new MemoryStore(4 * CHUNK);
+    const runs = [
+      { offset: 10, length: 100 },
+      { offset: CHUNK - 50, length: 100 }, // across a chunk boundary
+      { offset: 3 * CHUNK, length: 7 },
+    ];
+    const data = randomBytes(207);
+    await s.writeRuns(runs, [data.subarray(0, 60), data.subarray(60, 61), data.subarray(61)]);
+    expect((await s.readRuns(runs)).equals(data)).toBe(true);
+    expect((await s.read(CHUNK - 50, 100)).equals(data.subarray(100, 200))).toBe(true);
+    expect((await rejection(s.writeRuns([{ offset: 0, length: 1 }, { offset: 4 * CHUNK - 1, length: 2 }], [Buffer.alloc(3)]))).errno).toBe('ENOSPC');
+    expect((await rejection(s.writeRuns([{ offset: 100, length: 1 }, { offset: 0, length: 1 }], [Buffer.alloc(2)]))).errno).toBe('EINVAL');
+    expect((await rejection(s.writeRuns(runs, [Buffer.alloc(206)]))).errno).toBe('EINVAL');
+    s.failWith('EIO', ['write']);
+    expect((await rejection(s.writeRuns(runs, [Buffer.alloc(207)]))).errno).toBe('EIO');
+    s.failWith(undefined);
+    expect((await s.readRuns(runs)).equals(data)).toBe(true);
+  });
+
   it('refuses every operation after close with EBADF', async () => {
     const store = new MemoryStore(CHUNK);
     await store.write(0, Buffer.from('gone'));

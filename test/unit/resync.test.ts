@@ -5,9 +5,16 @@ import type { Peer, ReplicatedWrite } from '../../src/replication/peer.js';
 import { RangeLock } from '../../src/replication/range-lock.js';
 import { Receiver } from '../../src/replication/receiver.js';
 import { Replicator } from '../../src/replication/replicator.js';
-import { DEFAULT_RESYNC_REQUEST_BYTES, RATE_TICK_MS, ResyncSource, ResyncTarget, type ResyncTargetOptions } from '../../src/replication/resync.js';
+import {
+  DEFAULT_RESYNC_BATCH_WINDOW_BYTES,
+  DEFAULT_RESYNC_REQUEST_BYTES,
+  RATE_TICK_MS,
+  ResyncSource,
+  ResyncTarget,
+  type ResyncTargetOptions,
+} from '../../src/replication/resync.js';
 import type { PeerOutcome } from '../../src/replication/transfer-log.js';
-import { WRITE_FLAGS, type Packet } from '../../src/replication/wire/index.js';
+import { MAX_BATCH_RUNS, WRITE_FLAGS, runsProblem, type Packet, type ResyncRun } from '../../src/replication/wire/index.js';
 import { ControlledStore, Wire, deferred, randomBuffer, seededRandom, sleep, turns, until } from '../helpers/controlled-store.js';
 
 const log = pino({ level: 'silent' });
@@ -316,12 +323,12 @@ describe('resync racing application writes: never the older data', () => {
   });
 
   it('seeded: application writes throughout a resync, random disk latency on both nodes; the replicas end identical', async () => {
-    for (const seedValue of [7, 8, 9]) {
+    for (const [seedValue, batch] of [[7, false], [8, false], [9, false], [7, true], [8, true], [9, true]] as const) {
       const rand = seededRandom(seedValue);
       const size = 512 * KiB;
       const marks: Array<[number, number]> = [];
       for (let i = 0; i < 24; i++) marks.push([Math.floor(rand() * 126), 1 + Math.floor(rand() * 2)]);
-      const r = await rig({ size, marks, sameOutsideMarks: true, seed: seedValue, target: { requestBytes: 16 * KiB, maxInFlightBytes: 64 * KiB } });
+      const r = await rig({ size, marks, sameOutsideMarks: true, seed: seedValue, target: { requestBytes: 16 * KiB, maxInFlightBytes: 64 * KiB, batch, batchWindowBytes: 128 * KiB } });
       const latency = (): number => (rand() < 0.3 ? 1 + Math.floor(rand() * 2) : 0);
       r.src.latency = latency;
       r.dst.latency = latency;
@@ -337,7 +344,8 @@ describe('resync racing application writes: never the older data', () => {
       await Promise.all([r.targetDone, r.sourceDone]);
       const srcImg = await image(r.src);
       const dstImg = await image(r.dst);
-      for (let b = 0; b < size / BLOCK; b++) expect(blockOf(dstImg, b).equals(blockOf(srcImg, b)), `seed ${seedValue} block ${b}`).toBe(true);
+      for (let b = 0; b < size / BLOCK; b++) expect(blockOf(dstImg, b).equals(blockOf(srcImg, b)), `seed ${seedValue}${batch ? ' batched' : ''} block ${b}`).toBe(true);
+      if (batch) expect(r.kinds(r.toSource, 'rs-batch-request').length).toBeGreaterThan(0);
       expect(r.dstBitmap.countSet()).toBe(0);
       // (the source's bitmap is checked by the test below)
       r.stop();
@@ -611,5 +619,307 @@ describe('resync: data that arrived in pieces', () => {
     r.target.handle({ kind: 'rs-data-reply', id: 1, offset: BLOCK, payload: Buffer.alloc(0), parts: [Buffer.alloc(100), Buffer.alloc(100)] });
     expect(r.failures[0]).toMatch(/unexpected RS_DATA_REPLY id 1/);
     expect(r.dst.count('write')).toBe(0);
+  });
+});
+
+describe('resync: batched requests (RS_BATCH)', () => {
+  type BatchRequest = Extract<Packet, { kind: 'rs-batch-request' }>;
+
+  /** Every 7th block from 3 on, plus a run of 5: scattered, with one longer run. */
+  const scattered = (): Array<[number, number]> => {
+    const marks: Array<[number, number]> = [];
+    for (let b = 3; b < 200; b += 7) marks.push([b, 1]);
+    marks.push([230, 5]);
+    return marks;
+  };
+
+  it('copies exactly the marked blocks in a few requests of many runs, each within the window, and confirms once per request', async () => {
+    const marks = scattered();
+    const window = 64 * BLOCK;
+    const r = await rig({ size: 1024 * KiB, marks, target: { batch: true, batchWindowBytes: window } });
+    r.target.start();
+    await Promise.all([r.targetDone, r.sourceDone]);
+    const srcImg = await image(r.src);
+    const dstImg = await image(r.dst);
+    const marked = new Set<number>();
+    for (const [first, count] of marks) for (let b = first; b < first + count; b++) marked.add(b);
+    for (let b = 0; b < r.srcBitmap.blocks; b++) {
+      expect(blockOf(dstImg, b).equals(marked.has(b) ? blockOf(srcImg, b) : blockOf(r.originalTarget, b)), `block ${b}`).toBe(true);
+    }
+    const batches = r.kinds(r.toSource, 'rs-batch-request') as BatchRequest[];
+    const singles = r.kinds(r.toSource, 'rs-data-request') as Array<{ offset: number; length: number }>;
+    const asked: ResyncRun[] = [...batches.flatMap((q) => q.runs), ...singles.map((q) => ({ offset: q.offset, length: q.length }))];
+    // each marked block asked for exactly once
+    const askedBlocks = asked.flatMap((run) => Array.from({ length: run.length / BLOCK }, (_, i) => run.offset / BLOCK + i)).sort((a, b) => a - b);
+    expect(askedBlocks).toEqual([...marked].sort((a, b) => a - b));
+    for (const q of batches) {
+      expect(runsProblem(q.runs)).toBeNull();
+      expect(q.runs.length).toBeGreaterThan(1);
+      const last = q.runs[q.runs.length - 1]!;
+      expect(last.offset + last.length - q.runs[0]!.offset).toBeLessThanOrEqual(window);
+    }
+    // 29 scattered blocks and one run: a handful of requests, not 30
+    expect(batches.length + singles.length).toBeLessThanOrEqual(6);
+    expect(r.kinds(r.toTarget, 'rs-batch-reply')).toHaveLength(batches.length);
+    expect(r.kinds(r.toSource, 'rs-write-ack')).toHaveLength(batches.length + singles.length);
+    expect(r.srcBitmap.countSet()).toBe(0);
+    expect(r.dstBitmap.countSet()).toBe(0);
+    expect(r.target.progress.doneBytes).toBe(r.markedBytes);
+    expect(r.source.progress.doneBytes).toBe(r.markedBytes);
+    expect(r.failures).toEqual([]);
+    expect(r.src.count('write')).toBe(0);
+  });
+
+  it('a batch holds at most MAX_BATCH_RUNS runs and the request size; a lone run goes as RS_DATA_REQUEST', async () => {
+    const marks: Array<[number, number]> = [];
+    for (let b = 0; b < 2 * MAX_BATCH_RUNS + 10; b += 2) marks.push([b, 1]);
+    marks.push([2000, 1]); // alone in its window
+    const r = await rig({ size: 2048 * BLOCK, marks, target: { batch: true, requestBytes: 300 * BLOCK, batchWindowBytes: 1024 * BLOCK } });
+    expect(DEFAULT_RESYNC_BATCH_WINDOW_BYTES).toBeGreaterThan(1024 * BLOCK);
+    r.target.start();
+    await Promise.all([r.targetDone, r.sourceDone]);
+    const batches = r.kinds(r.toSource, 'rs-batch-request') as BatchRequest[];
+    // 261 scattered blocks: 256, then the 5 left in the next window
+    expect(batches.map((q) => q.runs.length)).toEqual([MAX_BATCH_RUNS, 5]);
+    expect(r.kinds(r.toSource, 'rs-data-request')).toEqual([{ kind: 'rs-data-request', id: 3, offset: 2000 * BLOCK, length: BLOCK }]);
+    expect(r.dstBitmap.countSet()).toBe(0);
+    const small = await rig({ size: 256 * BLOCK, marks: [[0, 3], [5, 3], [10, 3]], sameOutsideMarks: true, target: { batch: true, requestBytes: 4 * BLOCK } });
+    small.target.start();
+    await Promise.all([small.targetDone, small.sourceDone]);
+    // 4 blocks per request at most: the second run is cut where the room ends
+    const runsAsked = (small.kinds(small.toSource, 'rs-batch-request') as BatchRequest[]).map((q) => q.runs.map((x) => [x.offset / BLOCK, x.length / BLOCK]));
+    expect(runsAsked).toEqual([[[0, 3], [5, 1]], [[6, 2], [10, 2]]]);
+    expect((await image(small.dst)).equals(await image(small.src))).toBe(true);
+  });
+
+  it('an application write waits for the batch read holding its window, and reaches the target after the batch', async () => {
+    const r = await rig({ size: 64 * BLOCK, marks: [[5, 1], [9, 1]], sameOutsideMarks: true, target: { batch: true } });
+    const X = 7 * BLOCK; // between the runs, unmarked: the window still covers it
+    const read = r.src.hold('read', (o) => o === 9 * BLOCK);
+    r.target.start();
+    await read.reached;
+    const w = r.replicator.write(X, Buffer.alloc(BLOCK, 0x42), false);
+    await turns();
+    expect(r.kinds(r.toTarget, 'data')).toEqual([]);
+    read.release();
+    await w;
+    await Promise.all([r.targetDone, r.sourceDone]);
+    expect(r.toTarget.sent.map((p) => p.kind).filter((k) => k === 'rs-batch-reply' || k === 'data')).toEqual(['rs-batch-reply', 'data']);
+    expect((await image(r.dst)).equals(await image(r.src))).toBe(true);
+  });
+
+  it('the target is still writing a batch when a newer application write to one of its runs arrives: the newer data wins', async () => {
+    const r = await rig({ size: 64 * BLOCK, marks: [[5, 1], [9, 1]], sameOutsideMarks: true, target: { batch: true } });
+    const X = 9 * BLOCK;
+    await r.src.inner.write(X, Buffer.alloc(BLOCK, 0x01));
+    const slow = r.dst.hold('write', (o) => o === X);
+    r.target.start();
+    await slow.reached;
+    const w = r.replicator.write(X, Buffer.alloc(BLOCK, 0x02), false);
+    await turns(10);
+    slow.release();
+    await w;
+    await Promise.all([r.targetDone, r.sourceDone]);
+    expect(r.dst.events.filter((e) => e === `write ${X}+${BLOCK}`)).toHaveLength(2);
+    expect((await r.dst.inner.read(X, BLOCK)).equals(Buffer.alloc(BLOCK, 0x02))).toBe(true);
+    expect((await image(r.dst)).equals(await image(r.src))).toBe(true);
+  });
+
+  it('a Primary resyncing its own disk: a batch overlapping its local write is not written and its runs are asked for again', async () => {
+    const r = await rig({ size: 64 * BLOCK, marks: [[5, 1], [9, 1]], sameOutsideMarks: true, target: { batch: true } });
+    const read = r.src.hold('read', (o) => o === 9 * BLOCK);
+    r.target.start();
+    await read.reached;
+    // this node wrote block 5 itself (and the source got it too) after asking
+    const fresh = Buffer.alloc(BLOCK, 0x77);
+    await r.dst.inner.write(5 * BLOCK, fresh);
+    await r.src.inner.write(5 * BLOCK, fresh);
+    r.target.localWriteApplied(5 * BLOCK, BLOCK);
+    read.release();
+    await Promise.all([r.targetDone, r.sourceDone]);
+    // the stale answer was not written; its runs were asked for again (read
+    // after the local write reached the source: the same data)
+    const both = [{ offset: 5 * BLOCK, length: BLOCK }, { offset: 9 * BLOCK, length: BLOCK }];
+    expect((r.kinds(r.toSource, 'rs-batch-request') as BatchRequest[]).map((q) => q.runs)).toEqual([both, both]);
+    expect(r.dst.events.filter((e) => e.startsWith('write'))).toEqual([`write ${5 * BLOCK}+${BLOCK}`, `write ${9 * BLOCK}+${BLOCK}`]);
+    expect((await r.dst.inner.read(5 * BLOCK, BLOCK)).equals(fresh)).toBe(true);
+    expect((await image(r.dst)).equals(await image(r.src))).toBe(true);
+    expect(r.dstBitmap.countSet()).toBe(0);
+  });
+
+  it('stop in the middle of a batch: every run stays marked on both sides', async () => {
+    const r = await rig({ size: 64 * BLOCK, marks: [[5, 1], [9, 2]], target: { batch: true } });
+    const read = r.src.hold('read', (o) => o === 9 * BLOCK);
+    r.target.start();
+    await read.reached;
+    r.stop();
+    read.release();
+    await sleep(20);
+    expect(r.dstBitmap.countSet()).toBe(3);
+    expect(r.srcBitmap.countSet()).toBe(3);
+    expect((await image(r.dst)).equals(r.originalTarget)).toBe(true);
+  });
+
+  it('a source that cannot read one run answers NEG_RS_REPLY for the batch; the resync fails and every bit stays', async () => {
+    const r = await rig({ size: 64 * BLOCK, marks: [[2, 1], [6, 1]], target: { batch: true } });
+    r.src.inner.failWith('EIO', ['read']);
+    r.target.start();
+    await until(() => r.failures.length > 0, 2000, 'the failure');
+    expect(r.kinds(r.toTarget, 'neg-rs-reply')).toEqual([{ kind: 'neg-rs-reply', id: 1, errno: 5 }]);
+    expect(r.dstBitmap.countSet()).toBe(2);
+    expect(r.srcBitmap.countSet()).toBe(2);
+  });
+
+  it('a batch the source cannot serve (beyond its disk, or too large) is refused with EINVAL', async () => {
+    const r = await rig({ size: 64 * BLOCK, targetSize: 128 * BLOCK, marks: [] });
+    r.dstBitmap.setBlocks(3, 1);
+    r.dstBitmap.setBlocks(100, 1);
+    r.target.stop(); // the test asks instead
+    const replies: Packet[] = [];
+    r.toTarget.deliver = (p) => replies.push(p);
+    r.source.handle({ kind: 'rs-batch-request', id: 1, runs: [{ offset: 3 * BLOCK, length: BLOCK }, { offset: 100 * BLOCK, length: BLOCK }] });
+    r.source.handle({ kind: 'rs-batch-request', id: 2, runs: [{ offset: 0, length: BLOCK }, { offset: BLOCK, length: 0xffff_f000 }] });
+    await until(() => replies.length === 2, 2000, 'two answers');
+    expect(replies).toEqual([{ kind: 'neg-rs-reply', id: 1, errno: 22 }, { kind: 'neg-rs-reply', id: 2, errno: 22 }]);
+  });
+
+  it('a reply whose runs differ from the request fails the resync, nothing is written', async () => {
+    const r = await rig({ size: 64 * BLOCK, marks: [[2, 1], [6, 1]], target: { batch: true } });
+    r.toSource.deliver = () => undefined; // the test answers instead of the source
+    r.target.start();
+    r.target.handle({ kind: 'rs-batch-reply', id: 1, runs: [{ offset: 2 * BLOCK, length: BLOCK }, { offset: 7 * BLOCK, length: BLOCK }], payload: Buffer.alloc(2 * BLOCK) });
+    expect(r.failures[0]).toMatch(/unexpected RS_BATCH_REPLY id 1 of 2 runs/);
+    // nor may a batch be answered with RS_DATA_REPLY
+    r.target.handle({ kind: 'rs-data-reply', id: 1, offset: 2 * BLOCK, payload: Buffer.alloc(2 * BLOCK) });
+    expect(r.failures[1]).toMatch(/unexpected RS_DATA_REPLY id 1/);
+    await turns();
+    expect(r.dst.count('write')).toBe(0);
+  });
+
+  it('a batch reply in pieces is cut at the runs and each run written where it belongs', async () => {
+    const r = await rig({ size: 64 * BLOCK, marks: [[2, 2], [6, 1], [9, 3]], target: { batch: true } });
+    const deliver = r.toTarget.deliver;
+    r.toTarget.deliver = (p) => {
+      if (p.kind === 'rs-batch-reply') {
+        const b = p.payload;
+        // cuts inside the first run, at the second's start, inside the third
+        deliver({ ...p, payload: Buffer.alloc(0), parts: [b.subarray(0, 100), b.subarray(100, 2 * BLOCK), b.subarray(2 * BLOCK, 4 * BLOCK + 7), b.subarray(4 * BLOCK + 7)] });
+        return;
+      }
+      deliver(p);
+    };
+    r.target.start();
+    await Promise.all([r.targetDone, r.sourceDone]);
+    expect(r.failures).toEqual([]);
+    for (const b of [2, 3, 6, 9, 10, 11]) expect(blockOf(await image(r.dst), b).equals(blockOf(await image(r.src), b)), `block ${b}`).toBe(true);
+    for (const b of [4, 5, 7, 8]) expect(blockOf(await image(r.dst), b).equals(blockOf(r.originalTarget, b)), `block ${b}`).toBe(true);
+  });
+
+  it('the rate limit counts a batch by its bytes; pause holds new batches back until resume', async () => {
+    const marks: Array<[number, number]> = [];
+    for (let b = 0; b < 256; b += 2) marks.push([b, 1]);
+    const rate = 128 * BLOCK; // bytes per second
+    const r = await rig({ size: 1024 * KiB, marks, target: { batch: true, requestBytes: 16 * BLOCK, rate: { kind: 'fixed', bytesPerSec: rate } } });
+    const started = Date.now();
+    r.target.start();
+    await sleep(150);
+    const requested = (r.kinds(r.toSource, 'rs-batch-request') as BatchRequest[]).reduce((n, q) => n + q.runs.reduce((m, x) => m + x.length, 0), 0);
+    expect(requested).toBeLessThanOrEqual((rate * (Date.now() - started)) / 1000 + Math.max(16 * BLOCK, rate / 10) + 16 * BLOCK);
+    expect(requested).toBeGreaterThan(0);
+    r.target.pause();
+    await sleep(60);
+    const whilePaused = r.kinds(r.toSource, 'rs-batch-request').length;
+    await sleep(120);
+    expect(r.kinds(r.toSource, 'rs-batch-request')).toHaveLength(whilePaused);
+    r.target.resume();
+    await Promise.all([r.targetDone, r.sourceDone]);
+    expect(r.dstBitmap.countSet()).toBe(0);
+    expect(r.srcBitmap.countSet()).toBe(0);
+  });
+
+  it('csums-alg keeps one range per request, even with RS_BATCH agreed', async () => {
+    const r = await rig({ size: 64 * KiB, all: true, sameOutsideMarks: true, sourceCsums: true, target: { csumsAlg: 'sha256', requestBytes: BLOCK, batch: true } });
+    r.target.start();
+    await Promise.all([r.targetDone, r.sourceDone]);
+    expect(r.kinds(r.toSource, 'rs-batch-request')).toEqual([]);
+    expect(r.kinds(r.toSource, 'csum-rs-request')).toHaveLength(16);
+  });
+});
+
+describe('resync: the target flushes before it says it is done', () => {
+  it('a flush comes after the last resync write and before SYNC_DONE', async () => {
+    const r = await rig({ size: 256 * KiB, marks: [[2, 3], [40, 1]] });
+    let flushesAtDone = -1;
+    const send = r.toSource.send.bind(r.toSource);
+    r.toSource.send = (p: Packet) => {
+      if (p.kind === 'sync-done') flushesAtDone = r.dst.count('flush');
+      send(p);
+    };
+    r.target.start();
+    await Promise.all([r.targetDone, r.sourceDone]);
+    expect(flushesAtDone).toBe(1);
+    const events = r.dst.events;
+    expect(events.lastIndexOf('flush')).toBeGreaterThan(Math.max(...events.map((e, i) => (e.startsWith('write') ? i : -1))));
+  });
+
+  it('flushes on the way every flushEveryBytes, without waiting for them', async () => {
+    const r = await rig({ size: 1024 * KiB, all: true, target: { requestBytes: 64 * KiB, flushEveryBytes: 256 * KiB } });
+    const held = r.dst.hold('flush');
+    r.target.start();
+    await held.reached;
+    // the copy goes on while the first flush is held
+    await until(() => r.dst.count('write') >= 8, 2000, 'writes past the held flush');
+    held.release();
+    await Promise.all([r.targetDone, r.sourceDone]);
+    // 1 MiB in 256 KiB steps (one at a time), then the last
+    expect(r.dst.count('flush')).toBeGreaterThanOrEqual(2);
+    expect(r.dst.count('flush')).toBeLessThanOrEqual(5);
+    expect((await image(r.dst)).equals(await image(r.src))).toBe(true);
+  });
+
+  it('a failed flush fails the resync: no SYNC_DONE', async () => {
+    const r = await rig({ size: 64 * KiB, marks: [[1, 1]] });
+    r.dst.inner.failWith('EIO', ['flush']);
+    r.target.start();
+    await until(() => r.failures.length > 0, 2000, 'the failure');
+    expect(r.failures[0]).toMatch(/flushing resync data failed/);
+    await turns();
+    expect(r.kinds(r.toSource, 'sync-done')).toEqual([]);
+  });
+
+  it('a block marked again while the last flush runs is copied before the end', async () => {
+    const r = await rig({ size: 64 * KiB, marks: [[1, 1]], sameOutsideMarks: true });
+    const held = r.dst.hold('flush');
+    r.target.start();
+    await held.reached;
+    // the source reported block 4 out of sync meanwhile (its write failed there)
+    r.dstBitmap.setBlocks(4, 1);
+    r.srcBitmap.setBlocks(4, 1);
+    await r.src.inner.write(4 * BLOCK, Buffer.alloc(BLOCK, 0x44));
+    held.release();
+    await Promise.all([r.targetDone, r.sourceDone]);
+    expect(r.kinds(r.toSource, 'rs-data-request').map((q) => (q as { offset: number }).offset / BLOCK)).toEqual([1, 4]);
+    expect((await image(r.dst)).equals(await image(r.src))).toBe(true);
+    expect(r.dstBitmap.countSet()).toBe(0);
+  });
+
+  it('a session that ends before its copies are flushed marks them again; copies a finished flush covered stay clear', async () => {
+    // 16 blocks, one request of 2 blocks at a time, a flush started after every 4 blocks copied
+    const r = await rig({ size: 16 * BLOCK, all: true, target: { requestBytes: 2 * BLOCK, maxInFlightBytes: 2 * BLOCK, flushEveryBytes: 4 * BLOCK } });
+    const first = r.dst.hold('flush');
+    const second = r.dst.hold('flush');
+    r.target.start();
+    await first.reached; // covers blocks 0-3
+    await until(() => r.dstBitmap.countSet() <= 8, 2000, 'copies past the held flush');
+    first.release();
+    await second.reached; // covers what was copied while the first one ran
+    await until(() => r.dstBitmap.countSet() <= 4, 2000, 'copies past the second flush');
+    // the link goes away while the second flush is still running
+    r.stop();
+    second.release();
+    await turns();
+    for (let b = 0; b < 4; b++) expect(r.dstBitmap.test(b)).toBe(false);
+    expect(r.dstBitmap.countSet()).toBe(12);
+    expect(r.kinds(r.toSource, 'sync-done')).toEqual([]);
   });
 });

@@ -4,6 +4,7 @@ import {
   FEATURES,
   HEADER_FLAG_DIGEST,
   HEADER_SIZE,
+  MAX_BATCH_RUNS,
   PACKET_SPECS,
   PARAMS_FLAGS,
   PacketDecoder,
@@ -60,6 +61,8 @@ const SAMPLES: Packet[] = [
   { kind: 'sync-pause' },
   { kind: 'sync-resume' },
   { kind: 'sync-done' },
+  { kind: 'rs-batch-request', id: 2 ** 50, runs: [{ offset: 0, length: 4096 }, { offset: 2 ** 40, length: 0xffff_ffff }, { offset: 2 ** 53 - 4096, length: 4096 }] },
+  { kind: 'rs-batch-reply', id: 2 ** 50, runs: [{ offset: 4096, length: 3 }, { offset: 4099, length: 1 }, { offset: 2 ** 33, length: 5 }], payload: bytes(9, 10) },
   { kind: 'data-request', id: 14, offset: 512, length: 1024 },
   { kind: 'data-reply', id: 14, offset: 512, payload: bytes(3, 8) },
   { kind: 'neg-data-reply', id: 15, errno: 5 },
@@ -84,6 +87,9 @@ const EDGE_SAMPLES: Packet[] = [
   { kind: 'twopc-reply', txId: 0, yes: true, reason: 'none', primaryNodeId: 0xff },
   { kind: 'twopc-prepare', txId: 0, change: 'promote', initiatorNodeId: 0, lostPrimaryNodeId: 0xff, lastSeq: 0 },
   { kind: 'params', protocol: 'C', flags: 0, csumsAlg: 'a'.repeat(63), verifyAlg: 'b'.repeat(63) },
+  // A batch of one range.
+  { kind: 'rs-batch-request', id: 0, runs: [{ offset: 2 ** 53 - 1, length: 1 }] },
+  { kind: 'rs-batch-reply', id: 0, runs: [{ offset: 0, length: 1 }], payload: bytes(1, 11) },
 ];
 
 const ALL = [...SAMPLES, ...EDGE_SAMPLES];
@@ -496,13 +502,14 @@ describe('peer packet codec: fuzz', () => {
 
 describe('peer packet codec: gathered resync payloads (gatherPayloads)', () => {
   const reply: Packet = { kind: 'rs-data-reply', id: 2 ** 40 + 3, offset: 2 ** 33, payload: bytes(3000, 9) };
-  const around: Packet[] = [{ kind: 'rs-write-ack', id: 1 }, reply, { kind: 'sync-done' }, { ...reply, id: 4, payload: Buffer.alloc(0) }];
+  const batch: Packet = { kind: 'rs-batch-reply', id: 5, runs: [{ offset: 0, length: 1000 }, { offset: 8192, length: 1500 }, { offset: 2 ** 41, length: 500 }], payload: bytes(3000, 13) };
+  const around: Packet[] = [{ kind: 'rs-write-ack', id: 1 }, reply, { kind: 'sync-done' }, { ...reply, id: 4, payload: Buffer.alloc(0) }, batch];
 
   /** The packet as if its payload had come whole (pieces concatenated). */
   function whole(p: Packet): Packet {
-    if (p.kind !== 'rs-data-reply' || p.parts === undefined) return p;
+    if ((p.kind !== 'rs-data-reply' && p.kind !== 'rs-batch-reply') || p.parts === undefined) return p;
     const { parts, ...rest } = p;
-    return { ...rest, payload: Buffer.concat(parts) };
+    return { ...rest, payload: Buffer.concat(parts) } as Packet;
   }
 
   for (const integrity of [false, true]) {
@@ -521,7 +528,7 @@ describe('peer packet codec: gathered resync payloads (gatherPayloads)', () => {
           expect(allocated, `split at ${i}`).toBe(0);
           expect(normalise(out.map(whole)), `split at ${i}`).toEqual(normalise(around));
           for (const p of out) {
-            if (p.kind !== 'rs-data-reply' || p.parts === undefined) continue;
+            if ((p.kind !== 'rs-data-reply' && p.kind !== 'rs-batch-reply') || p.parts === undefined) continue;
             expect(p.payload.length).toBe(0);
             expect(p.parts.length).toBeGreaterThan(1);
             for (const part of p.parts) expect(part.buffer).toBe(stream.buffer);
@@ -571,5 +578,152 @@ describe('peer packet codec: gathered resync payloads (gatherPayloads)', () => {
       expect(into.subarray(3)).toEqual(expected);
     }
     expect(() => encodePacket({ ...pieces, payload: Buffer.alloc(1) })).toThrow(RangeError);
+  });
+});
+
+describe('peer packet codec: batched resync (RS_BATCH_REQUEST, RS_BATCH_REPLY)', () => {
+  const runs = [{ offset: 4096, length: 4096 }, { offset: 65536, length: 8192 }];
+  const request: Packet = { kind: 'rs-batch-request', id: 7, runs };
+  const reply: Packet = { kind: 'rs-batch-reply', id: 7, runs, payload: bytes(12288, 3) };
+
+  it('lays the runs out as the specification says: count, reserved, then offset u64 and length u32 each', () => {
+    const flat = wire([request]);
+    expect(flat.readUInt16BE(4)).toBe(PacketType.RS_BATCH_REQUEST);
+    expect(flat.readUInt32BE(8)).toBe(12 + 2 * 12);
+    expect(flat.readUInt16BE(HEADER_SIZE + 8)).toBe(2);
+    expect(flat.readUInt16BE(HEADER_SIZE + 10)).toBe(0);
+    expect(flat.readUInt32BE(HEADER_SIZE + 12 + 4)).toBe(4096);
+    expect(flat.readUInt32BE(HEADER_SIZE + 12 + 8)).toBe(4096);
+    expect(flat.readUInt32BE(HEADER_SIZE + 24 + 4)).toBe(65536);
+    expect(flat.readUInt32BE(HEADER_SIZE + 24 + 8)).toBe(8192);
+    const r = wire([reply], true);
+    expect(r.readUInt16BE(4)).toBe(PacketType.RS_BATCH_REPLY);
+    expect(r.readUInt16BE(6)).toBe(HEADER_FLAG_DIGEST);
+    expect(r.length).toBe(HEADER_SIZE + 12 + 24 + 12288 + 4);
+  });
+
+  it('the most runs a batch may name: the same packet at every split point and byte by byte', () => {
+    const most: Packet[] = [
+      { kind: 'rs-batch-request', id: 2 ** 53 - 1, runs: Array.from({ length: MAX_BATCH_RUNS }, (_, i) => ({ offset: i * 8192, length: 4096 })) },
+      { kind: 'rs-batch-reply', id: 1, runs: Array.from({ length: MAX_BATCH_RUNS }, (_, i) => ({ offset: 2 ** 52 + i * 3, length: 2 })), payload: bytes(2 * MAX_BATCH_RUNS, 12) },
+    ];
+    // Compared as text: 256 runs per packet, at thousands of split points.
+    const text = (q: Packet): string =>
+      JSON.stringify({ ...q, payload: q.kind === 'rs-batch-reply' ? Buffer.concat(q.parts ?? [q.payload]).toString('hex') : undefined, parts: undefined });
+    for (const p of most) {
+      const flat = wire([p], true);
+      const expected = text(p);
+      for (let i = 0; i <= flat.length; i++) {
+        // as the link decodes: a batch reply's payload gathered as pieces
+        const d = new PacketDecoder({ ...CODEC, integrity: true, gatherPayloads: true });
+        const out: string[] = [];
+        for (const piece of [flat.subarray(0, i), flat.subarray(i)]) {
+          d.push(piece);
+          for (let q = d.next(); q !== null; q = d.next()) out.push(text(q));
+        }
+        expect(d.violation, `${p.kind} split at ${i}`).toBeNull();
+        expect(out, `${p.kind} split at ${i}`).toEqual([expected]);
+      }
+      const pieces = [...flat].map((_, i) => flat.subarray(i, i + 1));
+      expect(decodeAll(pieces, { integrity: true }).packets.map(text)).toEqual([expected]);
+    }
+  });
+
+  it('the payload goes out untouched, after the head with the runs', () => {
+    const payload = bytes(12288, 4);
+    const parts = encodePacket({ ...reply, payload } as Packet);
+    expect(parts).toHaveLength(2);
+    expect(parts[1]).toBe(payload);
+  });
+
+  it('a flipped run in a reply fails the digest (the digest covers the runs)', () => {
+    const bad = wire([reply], true);
+    bad[HEADER_SIZE + 12 + 7]! ^= 0x10;
+    expect(violationOf(bad, { integrity: true })).toMatch(/^rs-batch-reply failed its integrity digest/);
+  });
+
+  it('runs that break the rule are refused by the encoder (a caller bug)', () => {
+    const bad = (r: Array<{ offset: number; length: number }>): Packet => ({ kind: 'rs-batch-request', id: 1, runs: r });
+    expect(() => encodePacket(bad([]))).toThrow(/0 runs/);
+    expect(() => encodePacket(bad(Array.from({ length: MAX_BATCH_RUNS + 1 }, (_, i) => ({ offset: i * 2, length: 1 }))))).toThrow(/257 runs/);
+    expect(() => encodePacket(bad([{ offset: 0, length: 0 }]))).toThrow(/length 0/);
+    expect(() => encodePacket(bad([{ offset: 8192, length: 1 }, { offset: 4096, length: 1 }]))).toThrow(/not after the end/);
+    expect(() => encodePacket(bad([{ offset: 0, length: 4097 }, { offset: 4096, length: 1 }]))).toThrow(/not after the end/);
+    expect(() => encodePacket(bad([{ offset: 2 ** 53, length: 1 }]))).toThrow(RangeError);
+    expect(() => encodePacket(bad([{ offset: 2 ** 53 - 1, length: 2 }]))).toThrow(/beyond 2\^53/);
+    expect(() => encodePacket({ ...reply, payload: bytes(12287, 1) } as Packet)).toThrow(/12287 bytes for runs of 12288/);
+  });
+
+  /** The request's bytes with the run list replaced (count and body length follow). */
+  function requestWith(list: Array<[number, number]>, count = list.length): Buffer {
+    const body = Buffer.alloc(12 + 12 * list.length);
+    body.writeUInt32BE(7, 4);
+    body.writeUInt16BE(count, 8);
+    list.forEach(([offset, length], i) => {
+      body.writeUInt32BE(Math.floor(offset / 2 ** 32), 12 + 12 * i);
+      body.writeUInt32BE(offset >>> 0, 12 + 12 * i + 4);
+      body.writeUInt32BE(length, 12 + 12 * i + 8);
+    });
+    return Buffer.concat([header(PacketType.RS_BATCH_REQUEST, body.length), body]);
+  }
+
+  it('a request whose runs break the rule is a violation that names the run', () => {
+    expect(violationOf(requestWith([[0, 4096]]))).toBeNull();
+    expect(violationOf(requestWith([]))).toBe('rs-batch-request 0 runs, not 1..256');
+    expect(violationOf(requestWith([[0, 4096]], 2))).toBe('rs-batch-request of 2 runs does not fill the body of 24 bytes');
+    expect(violationOf(requestWith([[0, 0]]))).toBe('rs-batch-request run 0 length 0 is not in 1..2^32-1');
+    expect(violationOf(requestWith([[8192, 1], [4096, 1]]))).toBe('rs-batch-request run 1 at 4096 is not after the end of run 0 (8193)');
+    expect(violationOf(requestWith([[0, 4097], [4096, 1]]))).toMatch(/run 1 at 4096 is not after the end of run 0/);
+    expect(violationOf(requestWith([[2 ** 53, 1]]))).toBe('rs-batch-request run 0 offset is beyond 2^53');
+    expect(violationOf(requestWith([[2 ** 53 - 1, 2]]))).toBe('rs-batch-request run 0 ends beyond 2^53');
+    // beyond the most runs: refused from the header, before the body is buffered
+    expect(violationOf(header(PacketType.RS_BATCH_REQUEST, 12 + 12 * (MAX_BATCH_RUNS + 1)))).toBe(`rs-batch-request length ${12 + 12 * (MAX_BATCH_RUNS + 1)} is beyond its maximum of ${12 + 12 * MAX_BATCH_RUNS}`);
+  });
+
+  /** A reply's bytes: fixed part with `count`, the runs, then `payload` bytes. */
+  function replyWith(list: Array<[number, number]>, payload: number, count = list.length): Buffer {
+    const head = Buffer.alloc(12 + 12 * list.length);
+    head.writeUInt32BE(7, 4);
+    head.writeUInt16BE(count, 8);
+    list.forEach(([offset, length], i) => {
+      head.writeUInt32BE(offset >>> 0, 12 + 12 * i + 4);
+      head.writeUInt32BE(length, 12 + 12 * i + 8);
+    });
+    return Buffer.concat([header(PacketType.RS_BATCH_REPLY, head.length + payload), head, Buffer.alloc(payload)]);
+  }
+
+  it('a reply is checked piece by piece: its count before the runs are buffered, its runs before the payload', () => {
+    expect(violationOf(replyWith([[0, 3], [8, 2]], 5))).toBeNull();
+    expect(violationOf(replyWith([], 0))).toBe('rs-batch-reply has 0 runs, not 1..256');
+    expect(violationOf(replyWith([[0, 1]], 1, MAX_BATCH_RUNS + 1))).toBe('rs-batch-reply has 257 runs, not 1..256');
+    // 100 runs announced in a body of 12 + 12 bytes: refused at the count, with nothing more buffered
+    let allocated = 0;
+    const d = new PacketDecoder({ ...CODEC, gatherPayloads: true, allocate: (n) => ((allocated += n), Buffer.alloc(n)) });
+    const short = replyWith([[0, 1]], 0, 100);
+    d.push(short.subarray(0, HEADER_SIZE + 12));
+    expect(d.next()).toBeNull();
+    expect(d.violation).toBe('rs-batch-reply length 24 cannot hold its 100 runs');
+    expect(d.buffered()).toBe(0);
+    expect(allocated).toBe(0);
+    expect(violationOf(replyWith([[0, 3], [8, 2]], 4))).toBe('rs-batch-reply carries 4 bytes for runs of 5');
+    expect(violationOf(replyWith([[0, 3], [8, 2]], 6))).toBe('rs-batch-reply carries 6 bytes for runs of 5');
+    expect(violationOf(replyWith([[8, 3], [0, 2]], 5))).toBe('rs-batch-reply run 1 at 0 is not after the end of run 0 (11)');
+  });
+
+  it('a batch reply without the agreed digest, or with one not agreed, is refused from its header', () => {
+    expect(violationOf(wire([reply], false), { integrity: true })).toBe('rs-batch-reply lacks the integrity digest that was agreed');
+    expect(violationOf(wire([reply], true), { integrity: false })).toBe('rs-batch-reply carries a digest but integrity-crc32c was not agreed');
+    expect(violationOf(wire([request], true), { integrity: true })).toBeNull();
+  });
+
+  it('both travel on the data connection only', () => {
+    const opening: Packet[] = [
+      { kind: 'hello', protocolMin: 1, protocolMax: 1, features: FEATURES.RS_BATCH, sessionId: 7n, nodeId: 1, channel: 'meta', resource: 'r0' },
+      { kind: 'auth-challenge', challenge: bytes(32, 1) },
+      { kind: 'auth-response', response: bytes(32, 2) },
+      { kind: 'auth-ok' },
+    ];
+    expect(violationOf(wire([...opening, request]), { channel: 'meta', phase: 'hello' })).toBe('rs-batch-request belongs on the data connection, not the meta connection');
+    expect(violationOf(wire([...opening, reply]), { channel: 'meta', phase: 'hello' })).toBe('rs-batch-reply belongs on the data connection, not the meta connection');
   });
 });

@@ -75,6 +75,9 @@ export const PacketType = {
   SYNC_PAUSE: 0x0209,
   SYNC_RESUME: 0x020a,
   SYNC_DONE: 0x020b,
+  // 0x0210-0x021f: batched resync (feature RS_BATCH)
+  RS_BATCH_REQUEST: 0x0210,
+  RS_BATCH_REPLY: 0x0211,
   // reads served for a diskless peer (0x03xx)
   DATA_REQUEST: 0x0301,
   DATA_REPLY: 0x0302,
@@ -111,6 +114,8 @@ export const FEATURES = {
   ZEROES: 1 << 4,
   /** DATA_REQUEST / DATA_REPLY for a peer without a disk. */
   REMOTE_READ: 1 << 5,
+  /** RS_BATCH_REQUEST / RS_BATCH_REPLY: one resync request names many ranges. */
+  RS_BATCH: 1 << 6,
 } as const;
 export const KNOWN_FEATURES = Object.values(FEATURES).reduce((a, b) => a | b, 0);
 
@@ -198,6 +203,14 @@ export const NO_NODE = 0xff;
 export const MAX_NAME_BYTES = 255;
 /** Longest algorithm name in PARAMS. */
 export const MAX_ALG_NAME_BYTES = 63;
+/**
+ * Ranges in one RS_BATCH_REQUEST / RS_BATCH_REPLY at most: 256 scattered
+ * 4 KiB blocks are 1 MiB, and the request's body is then 3 KiB, small
+ * enough to decode from the decoder's reused scratch.
+ */
+export const MAX_BATCH_RUNS = 256;
+/** Bytes of one range on the wire: offset u64, length u32. */
+export const RUN_BYTES = 12;
 /** Longest digest in CSUM_RS_REQUEST / OV_REPLY (SHA-512). */
 export const MAX_DIGEST_BYTES = 64;
 /** Bytes of AUTH_CHALLENGE and AUTH_RESPONSE (HMAC-SHA-256 output size, too). */

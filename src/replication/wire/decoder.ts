@@ -27,9 +27,11 @@ import {
   KNOWN_UUID_FLAGS,
   KNOWN_WRITE_FLAGS,
   MAX_ALG_NAME_BYTES,
+  MAX_BATCH_RUNS,
   MAX_DIGEST_BYTES,
   MAX_NODE_ID,
   NO_NODE,
+  RUN_BYTES,
   TWOPC_CHANGES,
   TWOPC_REFUSALS,
   WIRE_MAGIC,
@@ -46,8 +48,11 @@ import {
   type DataReplyPacket,
   type Packet,
   type PacketSpec,
+  type ResyncRun,
+  type RsBatchReplyPacket,
   type RsDataReplyPacket,
 } from './packets.js';
+import { runsBytes, runsProblem } from './runs.js';
 import { StreamGate, type StreamPhase } from './stream-gate.js';
 import { SYNC_RULES, SYNC_STRATEGIES } from '../sync-decision.js';
 
@@ -74,10 +79,11 @@ export interface PacketDecoderOptions {
   /** Payload allocator (tests spy on it to prove the limit holds). */
   allocate?: (size: number) => Buffer;
   /**
-   * An RS_DATA_REPLY payload that straddles received chunks is handed out as
-   * the list of its pieces (`parts`, views of the chunks) instead of being
-   * copied into one new buffer: a resync of a whole disk then neither
-   * copies every byte once more nor allocates a buffer per request.
+   * An RS_DATA_REPLY or RS_BATCH_REPLY payload that straddles received
+   * chunks is handed out as the list of its pieces (`parts`, views of the
+   * chunks) instead of being copied into one new buffer: a resync of a
+   * whole disk then neither copies every byte once more nor allocates a
+   * buffer per request.
    */
   gatherPayloads?: boolean;
 }
@@ -87,8 +93,10 @@ const enum ReadState {
   Header,
   /** Collecting a whole fixed or variable body (small: at most MAX_VARIABLE_BODY). */
   Body,
-  /** Collecting the fixed fields of a payload packet. */
+  /** Collecting the fixed fields of a payload or runs packet. */
   Fixed,
+  /** Collecting the run list of a runs packet (at most MAX_BATCH_RUNS x RUN_BYTES). */
+  Runs,
   /** Copying a payload that straddles chunks into `payload`. */
   Payload,
   /** Collecting views of the chunks a gathered payload straddles (`parts`). */
@@ -99,7 +107,9 @@ const enum ReadState {
   Failed,
 }
 
-type PayloadPacket = DataPacket | RsDataReplyPacket | DataReplyPacket | BitmapPacket;
+type PayloadPacket = DataPacket | RsDataReplyPacket | RsBatchReplyPacket | DataReplyPacket | BitmapPacket;
+/** The payload packets whose payload may be gathered as pieces. */
+type GatheredPacket = RsDataReplyPacket | RsBatchReplyPacket;
 
 const EMPTY = Buffer.alloc(0);
 const SCRATCH_SIZE = Math.max(MAX_VARIABLE_BODY, HEADER_SIZE, ...PACKET_SPECS.map((s) => s.fixed));
@@ -127,6 +137,8 @@ export class PacketDecoder {
   private filled = 0;
   /** Bytes of the payload being gathered. */
   private gatherLength = 0;
+  /** Runs the runs packet being read announced. */
+  private runCount = 0;
   /** The running crc already covers the payload (it was gathered). */
   private crcHasPayload = false;
   /** Running crc32c of the body read so far (digest packets only). */
@@ -203,6 +215,12 @@ export class PacketDecoder {
           if ((this.state as ReadState) === ReadState.Header) return this.finishPayload();
           continue;
         }
+        case ReadState.Runs: {
+          if (this.total < this.runCount * RUN_BYTES) return null;
+          if (!this.readRuns()) return null;
+          if ((this.state as ReadState) === ReadState.Header) return this.finishPayload();
+          continue;
+        }
         case ReadState.Payload:
           if (!this.fillPayload()) return null;
           this.state = this.hasDigest ? ReadState.Digest : ReadState.Header;
@@ -212,7 +230,7 @@ export class PacketDecoder {
           if (!this.gatherPieces()) return null;
           // One piece is a plain payload (a view, as for a payload inside one chunk).
           if (this.parts.length === 1) this.pending!.payload = this.parts[0]!;
-          else (this.pending as RsDataReplyPacket).parts = this.parts;
+          else (this.pending as GatheredPacket).parts = this.parts;
           this.parts = [];
           this.crcHasPayload = true;
           this.state = this.hasDigest ? ReadState.Digest : ReadState.Header;
@@ -264,11 +282,11 @@ export class PacketDecoder {
     this.spec = spec;
     this.bodyLength = length;
     this.hasDigest = digest;
-    this.state = spec.layout === 'payload' ? ReadState.Fixed : ReadState.Body;
+    this.state = spec.layout === 'payload' || spec.layout === 'runs' ? ReadState.Fixed : ReadState.Body;
     return true;
   }
 
-  /** Parses the fixed part of a payload packet and starts on its payload. */
+  /** Parses the fixed part of a payload packet and starts on its payload (or its runs). */
   private readFixed(): boolean {
     const s = this.spec;
     const b = this.take(s.fixed);
@@ -305,11 +323,46 @@ export class PacketDecoder {
         p = { kind: 'bitmap', last: last === 1, startBit, payload: EMPTY };
         break;
       }
+      case 'rs-batch-reply': {
+        const id = readU53(b, at);
+        const count = b.readUInt16BE(at + 8);
+        if (id < 0) return this.failed('rs-batch-reply id is beyond 2^53');
+        if (count < 1 || count > MAX_BATCH_RUNS) return this.failed(`rs-batch-reply has ${count} runs, not 1..${MAX_BATCH_RUNS}`);
+        // Checked before the runs are buffered: they must fit the body.
+        if (s.fixed + count * RUN_BYTES + (this.hasDigest ? DIGEST_SIZE : 0) > this.bodyLength) {
+          return this.failed(`rs-batch-reply length ${this.bodyLength} cannot hold its ${count} runs`);
+        }
+        this.pending = { kind: 'rs-batch-reply', id, runs: [], payload: EMPTY };
+        this.runCount = count;
+        this.state = ReadState.Runs;
+        return true;
+      }
       default:
         return this.failed(`${s.kind} is not a payload packet`);
     }
     this.pending = p;
-    const n = this.bodyLength - s.fixed - (this.hasDigest ? DIGEST_SIZE : 0);
+    return this.startPayload(this.bodyLength - s.fixed - (this.hasDigest ? DIGEST_SIZE : 0));
+  }
+
+  /** Parses the runs of a runs packet (all buffered) and starts on its payload. */
+  private readRuns(): boolean {
+    const n = this.runCount * RUN_BYTES;
+    const b = this.take(n);
+    const at = this.takenAt;
+    if (this.hasDigest) this.crc = CRC32C.buf(b.subarray(at, at + n), this.crc);
+    const p = this.pending as RsBatchReplyPacket;
+    const runs = parseRuns(b, at, this.runCount);
+    if (typeof runs === 'string') return this.failed(`${p.kind} ${runs}`);
+    p.runs = runs;
+    const payload = this.bodyLength - this.spec.fixed - n - (this.hasDigest ? DIGEST_SIZE : 0);
+    const covered = runsBytes(runs);
+    if (covered !== payload) return this.failed(`${p.kind} carries ${payload} bytes for runs of ${covered}`);
+    return this.startPayload(payload);
+  }
+
+  /** The pending packet's payload of n bytes comes next: a view, pieces or a copy. */
+  private startPayload(n: number): boolean {
+    const p = this.pending!;
     if (n === 0) {
       this.state = this.hasDigest ? ReadState.Digest : ReadState.Header;
       return true;
@@ -322,7 +375,7 @@ export class PacketDecoder {
       this.state = this.hasDigest ? ReadState.Digest : ReadState.Header;
       return true;
     }
-    if (this.gatherPayloads && p.kind === 'rs-data-reply') {
+    if (this.gatherPayloads && (p.kind === 'rs-data-reply' || p.kind === 'rs-batch-reply')) {
       // No allocation and no copy: the pieces stay views of the chunks.
       this.parts = [];
       this.filled = 0;
@@ -523,6 +576,15 @@ export class PacketDecoder {
         if (id < 0) return this.fail(`${s.kind} id is beyond 2^53`);
         return { kind: s.kind, id, errno: b.readUInt32BE(at + 8) };
       }
+      case 'rs-batch-request': {
+        const id = readU53(b, at);
+        const count = b.readUInt16BE(at + 8);
+        if (id < 0) return this.fail('rs-batch-request id is beyond 2^53');
+        if (s.fixed + count * RUN_BYTES !== n) return this.fail(`rs-batch-request of ${count} runs does not fill the body of ${n} bytes`);
+        const runs = parseRuns(b, at + s.fixed, count);
+        if (typeof runs === 'string') return this.fail(`rs-batch-request ${runs}`);
+        return { kind: 'rs-batch-request', id, runs };
+      }
       case 'disconnect': {
         if (1 + b[at]! !== n) return this.fail(`disconnect reason length ${b[at]} does not fill the body of ${n} bytes`);
         const reason = readString(b, at, at + n, 'reason');
@@ -570,6 +632,7 @@ export class PacketDecoder {
       }
       case 'data':
       case 'rs-data-reply':
+      case 'rs-batch-reply':
       case 'data-reply':
       case 'bitmap':
         return this.fail(`${s.kind} is a payload packet`);
@@ -628,6 +691,17 @@ export class PacketDecoder {
     this.fail(reason);
     return false;
   }
+}
+
+/** `count` runs (offset u64, length u32) at b[at], or what breaks the rule (runs.ts). */
+function parseRuns(b: Buffer, at: number, count: number): ResyncRun[] | string {
+  const runs: ResyncRun[] = [];
+  for (let i = 0; i < count; i++) {
+    const offset = readU53(b, at + i * RUN_BYTES);
+    if (offset < 0) return `run ${i} offset is beyond 2^53`;
+    runs.push({ offset, length: b.readUInt32BE(at + i * RUN_BYTES + 8) });
+  }
+  return runsProblem(runs) ?? runs;
 }
 
 /** A u64 as a number, or -1 when it is 2^53 or more (not exactly representable). */

@@ -25,11 +25,13 @@ import {
   MAX_NAME_BYTES,
   MAX_NODE_ID,
   NO_NODE,
+  RUN_BYTES,
   TWOPC_CHANGES,
   TWOPC_REFUSALS,
   WIRE_MAGIC,
 } from './constants.js';
-import { WIRE_DISK_STATES, WIRE_ROLES, specOfKind, type Packet } from './packets.js';
+import { WIRE_DISK_STATES, WIRE_ROLES, specOfKind, type Packet, type ResyncRun } from './packets.js';
+import { runsBytes, runsProblem } from './runs.js';
 import { SYNC_RULES, SYNC_STRATEGIES } from '../sync-decision.js';
 
 const TWO_POW_32 = 0x1_0000_0000;
@@ -37,8 +39,8 @@ const TWO_POW_32 = 0x1_0000_0000;
 export interface EncodeOptions {
   /**
    * integrity-crc32c was agreed: block-data packets (DATA, RS_DATA_REPLY,
-   * DATA_REPLY) get HEADER_FLAG_DIGEST and a trailing crc32c. Other packets
-   * are unaffected.
+   * RS_BATCH_REPLY, DATA_REPLY) get HEADER_FLAG_DIGEST and a trailing
+   * crc32c. Other packets are unaffected.
    */
   integrity?: boolean;
 }
@@ -48,6 +50,7 @@ function payloadOf(p: Packet): Buffer | null {
   switch (p.kind) {
     case 'data':
     case 'rs-data-reply':
+    case 'rs-batch-reply':
     case 'data-reply':
     case 'bitmap':
       return p.payload;
@@ -56,10 +59,10 @@ function payloadOf(p: Packet): Buffer | null {
   }
 }
 
-/** The payload as its pieces: a gathered RS_DATA_REPLY's `parts`, else [payload] (or null). */
+/** The payload as its pieces: a gathered resync reply's `parts`, else [payload] (or null). */
 function payloadPieces(p: Packet): readonly Buffer[] | null {
-  if ((p.kind === 'rs-data-reply' || p.kind === 'data') && p.parts !== undefined) {
-    if (p.payload.length !== 0) throw new RangeError('rs-data-reply has both a payload and parts');
+  if ((p.kind === 'rs-data-reply' || p.kind === 'rs-batch-reply' || p.kind === 'data') && p.parts !== undefined) {
+    if (p.payload.length !== 0) throw new RangeError(`${p.kind} has both a payload and parts`);
     return p.parts;
   }
   const payload = payloadOf(p);
@@ -89,6 +92,9 @@ function headLength(p: Packet): number {
       return HEADER_SIZE + s.fixed + p.digest.length;
     case 'disconnect':
       return HEADER_SIZE + s.fixed + Buffer.byteLength(p.reason, 'utf8');
+    case 'rs-batch-request':
+    case 'rs-batch-reply':
+      return HEADER_SIZE + s.fixed + p.runs.length * RUN_BYTES;
     default:
       return HEADER_SIZE + s.fixed;
   }
@@ -280,6 +286,15 @@ function writeHead(p: Packet, b: Buffer, at: number, bodyLength: number, flags: 
       writeU53(b, o, p.id, 'id');
       b.writeUInt32BE(u32(p.errno, 'errno'), o + 8);
       return;
+    case 'rs-batch-request':
+    case 'rs-batch-reply':
+      writeU53(b, o, p.id, 'id');
+      writeRuns(b, o + 8, p.runs);
+      if (p.kind === 'rs-batch-reply') {
+        const payload = piecesLength(payloadPieces(p));
+        if (payload !== runsBytes(p.runs)) throw new RangeError(`rs-batch-reply carries ${payload} bytes for runs of ${runsBytes(p.runs)}`);
+      }
+      return;
     case 'disconnect':
       writeString(b, o, p.reason, MAX_NAME_BYTES, 'reason');
       return;
@@ -311,6 +326,20 @@ function writeHead(p: Packet, b: Buffer, at: number, bodyLength: number, flags: 
     case 'ping':
     case 'ping-ack':
       return;
+  }
+}
+
+/** Run count u16, reserved u16, then each run: offset u64, length u32. */
+function writeRuns(b: Buffer, at: number, runs: readonly ResyncRun[]): void {
+  const problem = runsProblem(runs);
+  if (problem !== null) throw new RangeError(`runs: ${problem}`);
+  b.writeUInt16BE(runs.length, at);
+  b.writeUInt16BE(0, at + 2);
+  let o = at + 4;
+  for (const r of runs) {
+    writeU53(b, o, r.offset, 'run offset');
+    b.writeUInt32BE(r.length, o + 8);
+    o += RUN_BYTES;
   }
 }
 

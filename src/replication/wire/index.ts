@@ -6,3 +6,4 @@ export * from './decoder.js';
 export * from './stream-gate.js';
 export * from './auth.js';
 export * from './negotiate.js';
+export * from './runs.js';

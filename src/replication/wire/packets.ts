@@ -12,7 +12,7 @@
  * - `payload` is a view of received bytes (or a fresh copy when it straddled
  *   TCP chunks); whoever keeps it beyond the current I/O owns that decision.
  */
-import { PacketType, type TwopcChange, type TwopcRefusal } from './constants.js';
+import { MAX_BATCH_RUNS, PacketType, RUN_BYTES, type TwopcChange, type TwopcRefusal } from './constants.js';
 import type { SyncRule, SyncStrategy } from '../sync-decision.js';
 
 export type Channel = 'data' | 'meta';
@@ -245,6 +245,36 @@ export interface OvReplyPacket {
   /** verify-alg digest of the replier's block, at most 64 bytes. */
   digest: Buffer;
 }
+/** One range of a batched resync: bytes [offset, offset + length). */
+export interface ResyncRun {
+  offset: number;
+  length: number;
+}
+/**
+ * RS_BATCH (feature): the target asks for several ranges at once. `runs`
+ * are in ascending order, disjoint and non-empty, 1..MAX_BATCH_RUNS of them.
+ */
+export interface RsBatchRequestPacket {
+  kind: 'rs-batch-request';
+  id: number;
+  runs: ResyncRun[];
+}
+/**
+ * The source's answer to an RS_BATCH_REQUEST: the request's runs echoed (the
+ * target checks them against what it asked, as RS_DATA_REPLY echoes its
+ * offset), then their data one after the other.
+ */
+export interface RsBatchReplyPacket {
+  kind: 'rs-batch-reply';
+  id: number;
+  runs: ResyncRun[];
+  /** The runs' bytes in order; their lengths add up to its length. */
+  payload: Buffer;
+  /** As for RS_DATA_REPLY: the payload as received pieces (then `payload` is empty). */
+  parts?: Buffer[];
+  /** As for RS_DATA_REPLY: not on the wire. */
+  whenWritten?: () => void;
+}
 export interface SyncPausePacket {
   kind: 'sync-pause';
 }
@@ -360,6 +390,8 @@ export type Packet =
   | NegRsReplyPacket
   | OvRequestPacket
   | OvReplyPacket
+  | RsBatchRequestPacket
+  | RsBatchReplyPacket
   | SyncPausePacket
   | SyncResumePacket
   | SyncDonePacket
@@ -386,9 +418,12 @@ export type PacketOf<K extends PacketKind> = Extract<Packet, { kind: K }>;
  * - variable: `fixed` bytes then length-prefixed strings or digests, the whole
  *             body at most `maxBody` bytes (small: decoded from a reused scratch);
  * - payload:  `fixed` bytes then an opaque payload filling the rest of the body
- *             (then the digest, when the header says so).
+ *             (then the digest, when the header says so);
+ * - runs:     `fixed` bytes ending in a run count, that many runs (RUN_BYTES
+ *             each), then a payload holding exactly the runs' bytes (then the
+ *             digest).
  */
-export type BodyLayout = 'fixed' | 'variable' | 'payload';
+export type BodyLayout = 'fixed' | 'variable' | 'payload' | 'runs';
 
 export interface PacketSpec {
   kind: PacketKind;
@@ -397,7 +432,11 @@ export interface PacketSpec {
   channel: Channel | 'both';
   layout: BodyLayout;
   fixed: number;
-  /** Largest body (variable layout only; otherwise equal to `fixed` or bounded by the decoder's limit). */
+  /**
+   * Largest body (variable layout); for the runs layout, the largest part
+   * before the payload. Otherwise equal to `fixed` or bounded by the
+   * decoder's limit.
+   */
   maxBody: number;
   /** May carry the crc32c digest: the packets whose payload is block data. */
   digest: boolean;
@@ -460,6 +499,10 @@ export const PACKET_SPECS: readonly PacketSpec[] = [
   spec('sync-pause', PacketType.SYNC_PAUSE, 'data', 'fixed', 0),
   spec('sync-resume', PacketType.SYNC_RESUME, 'data', 'fixed', 0),
   spec('sync-done', PacketType.SYNC_DONE, 'data', 'fixed', 0),
+  // id 8, runs 2, reserved 2, runs x (offset 8, length 4)
+  spec('rs-batch-request', PacketType.RS_BATCH_REQUEST, 'data', 'variable', 12, 12 + MAX_BATCH_RUNS * RUN_BYTES),
+  // id 8, runs 2, reserved 2, runs x (offset 8, length 4), payload
+  spec('rs-batch-reply', PacketType.RS_BATCH_REPLY, 'data', 'runs', 12, 12 + MAX_BATCH_RUNS * RUN_BYTES, true),
 
   spec('data-request', PacketType.DATA_REQUEST, 'data', 'fixed', 20),
   spec('data-reply', PacketType.DATA_REPLY, 'data', 'payload', 16, 16, true),
@@ -489,5 +532,8 @@ export function specOfCode(code: number): PacketSpec | undefined {
   return BY_CODE.get(code);
 }
 
-/** The largest variable-layout body: the decoder's scratch size. */
-export const MAX_VARIABLE_BODY = Math.max(...PACKET_SPECS.filter((s) => s.layout === 'variable').map((s) => s.maxBody));
+/**
+ * The largest variable-layout body, or run list of a runs-layout packet:
+ * what the decoder may have to gather in its scratch.
+ */
+export const MAX_VARIABLE_BODY = Math.max(...PACKET_SPECS.filter((s) => s.layout === 'variable' || s.layout === 'runs').map((s) => s.maxBody));
