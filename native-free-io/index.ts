@@ -10,6 +10,6 @@ export type { PositionalIo } from './positional-io.js';
 export { sizeOf } from './device-size.js';
 export type { OpenFile, SizedFile } from './device-size.js';
 export { checkRange, isByteCount } from './range-check.js';
-export { checkRuns, piecesOfRuns } from './scattered.js';
+export { checkRuns, piecesLength, piecesOfRuns, writePieces } from './scattered.js';
 export { faultyIo, isFaultRule } from './faulty-io.js';
 export type { FaultOp, FaultRule } from './faulty-io.js';

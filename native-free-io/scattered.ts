@@ -3,7 +3,7 @@
  * checks that run before any I/O, cutting a payload that arrived in pieces
  * into the pieces of each run, and waiting for every part of a batch.
  */
-import { BlockStoreError, type ByteRange } from './block-store.js';
+import { BlockStoreError, type BlockStore, type ByteRange } from './block-store.js';
 import { checkRange } from './range-check.js';
 
 /**
@@ -51,6 +51,15 @@ export function piecesOfRuns(runs: readonly ByteRange[], data: readonly Buffer[]
     out.push(mine);
   }
   return out;
+}
+
+/**
+ * The pieces, in order, as one range from `offset`: as they are where the
+ * store has writev (one positional pwritev), else copied into one buffer.
+ */
+export function writePieces(store: BlockStore, offset: number, parts: readonly Buffer[]): Promise<void> {
+  if (parts.length === 1) return store.write(offset, parts[0]!);
+  return store.writev !== undefined ? store.writev(offset, parts) : store.write(offset, Buffer.concat(parts, piecesLength(parts)));
 }
 
 /** The bytes the pieces hold together. */

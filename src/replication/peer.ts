@@ -37,6 +37,7 @@ import {
   UUID_FLAGS,
   WRITE_FLAGS,
   agreeSizes,
+  dataLength,
   paramsMismatch,
   specOfKind,
   type Channel,
@@ -819,7 +820,7 @@ export class Peer {
 
   private onData(s: Session, p: Packet): void {
     s.lastHeardMs = Date.now();
-    if (p.kind === 'data' || p.kind === 'zeroes' || p.kind === 'trim') this.notePrimaryWrite(s, p.seq, p.epoch, p.offset, p.kind === 'data' ? p.payload.length : p.length);
+    if (p.kind === 'data' || p.kind === 'zeroes' || p.kind === 'trim') this.notePrimaryWrite(s, p.seq, p.epoch, p.offset, p.kind === 'data' ? dataLength(p) : p.length);
     else if (p.kind === 'peers-in-sync') {
       this.peersInSyncReceived(s, p.epoch);
       return;

@@ -19,6 +19,7 @@
  */
 import type { Logger } from 'pino';
 import type { BlockStore } from '../../native-free-io/block-store.js';
+import { piecesLength, writePieces } from '../../native-free-io/scattered.js';
 import type { Bitmap } from '../meta/index.js';
 import type { Peer, ReplicatedWrite, WriteKind } from './peer.js';
 import type { RangeLock } from './range-lock.js';
@@ -90,10 +91,8 @@ export class Replicator {
    * large write is never copied into one buffer.
    */
   writev(offset: number, parts: readonly Buffer[], fua: boolean): Promise<void> {
-    let length = 0;
-    for (const p of parts) length += p.length;
-    const local = (st: BlockStore): Promise<void> => (st.writev !== undefined ? st.writev(offset, parts) : st.write(offset, Buffer.concat(parts, length)));
-    return this.run('data', offset, length, fua, local, { parts });
+    const local = (st: BlockStore): Promise<void> => writePieces(st, offset, parts);
+    return this.run('data', offset, piecesLength(parts), fua, local, { parts });
   }
 
   writeZeroes(offset: number, length: number, noHole: boolean, fua: boolean): Promise<void> {

@@ -32,7 +32,7 @@
  */
 import type { Logger } from 'pino';
 import type { BlockStore } from '../../native-free-io/block-store.js';
-import { piecesLength, piecesOfRuns, settleAll } from '../../native-free-io/scattered.js';
+import { piecesLength, piecesOfRuns, settleAll, writePieces } from '../../native-free-io/scattered.js';
 import { BITMAP_BLOCK_BYTES, type Bitmap } from '../meta/index.js';
 import type { RangeLock } from './range-lock.js';
 import { MAX_BATCH_RUNS, runsBytes, runsProblem, sameRuns, type Packet, type ResyncRun } from './wire/index.js';
@@ -645,10 +645,7 @@ function writeRuns(store: BlockStore, runs: readonly ResyncRun[], parts: readonl
   const pieces = runs.length === 1 ? [parts] : piecesOfRuns(runs, parts);
   return settleAll(
     runs.map((r, i) => {
-      const mine = pieces[i]!;
-      if (mine.length === 1) return store.write(r.offset, mine[0]!);
-      if (store.writev) return store.writev(r.offset, mine);
-      return store.write(r.offset, Buffer.concat(mine, r.length));
+      return writePieces(store, r.offset, pieces[i]!);
     }),
   );
 }

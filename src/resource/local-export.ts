@@ -8,6 +8,7 @@
  * is what makes CAN_MULTI_CONN honest here.
  */
 import type { BlockStore } from '../../native-free-io/block-store.js';
+import { piecesLength, writePieces } from '../../native-free-io/scattered.js';
 import type { BlockSizeConstraints, ExportFeatures, Extent, NbdClientInfo, NbdExport } from '../nbd/export.js';
 import { FlushCoalescer } from './flush-coalescer.js';
 
@@ -130,11 +131,8 @@ export class LocalExport implements NbdExport {
     if (held !== null) return held.then(() => this.writev(offset, parts, fua));
     const refusal = this.gate.refusal();
     if (refusal !== null) return Promise.reject(errnoError(refusal.errno, refusal.message));
-    let length = 0;
-    for (const p of parts) length += p.length;
-    const store = this.store;
-    const done = store.writev !== undefined ? store.writev(offset, parts) : store.write(offset, Buffer.concat(parts, length));
-    return done.then(() => this.written(length, fua), this.writeFailed);
+    const length = piecesLength(parts);
+    return writePieces(this.store, offset, parts).then(() => this.written(length, fua), this.writeFailed);
   }
 
   private readonly readDone = (data: Buffer): Buffer => {

@@ -10,7 +10,7 @@
  * repeat, swap, a packet of the other channel, a second HELLO, a header
  * whose type, length or digest flag lies) and at the byte level. Oracles:
  * - random splits change nothing (packets and verdict); with
- *   gatherPayloads, an RS_DATA_REPLY or RS_BATCH_REPLY may come as pieces
+ *   gatherPayloads, a DATA, RS_DATA_REPLY or RS_BATCH_REPLY may come as pieces
  *   instead of one payload, and the pieces hold the same bytes;
  * - every RS_BATCH_REQUEST and RS_BATCH_REPLY decoded names 1..MAX_BATCH_RUNS
  *   ascending, disjoint, non-empty runs, and a reply's payload is exactly
@@ -256,7 +256,7 @@ function plain(p: Packet): Record<string, unknown> {
       check(bytes === runsBytes(p.runs), `${p.kind} decoded with ${bytes} bytes for runs of ${runsBytes(p.runs)}`);
     }
   }
-  if ((p.kind === 'rs-data-reply' || p.kind === 'rs-batch-reply') && p.parts !== undefined) {
+  if ((p.kind === 'data' || p.kind === 'rs-data-reply' || p.kind === 'rs-batch-reply') && p.parts !== undefined) {
     // Gathered: the same packet as one payload (splitting only moves where the pieces end).
     check(p.payload.length === 0, `a gathered ${p.kind} also has a payload`);
     check(p.parts.every((b) => b.length > 0), `a gathered ${p.kind} has an empty piece`);

@@ -97,6 +97,30 @@ describe('Receiver: order of overlapping writes', () => {
     ]);
   });
 
+  it('a DATA whose payload arrived in pieces is written as one range, in order with overlapping writes, and acknowledged once', async () => {
+    const r = rig();
+    const slow = r.store.hold('write', (o) => o === 0);
+    r.receiver.handle(data(1, 0, 16 * KiB, 0x01));
+    const pieces = [Buffer.alloc(1 * KiB, 0xa1), Buffer.alloc(5 * KiB, 0xa2), Buffer.alloc(2 * KiB, 0xa3)];
+    r.receiver.handle({ kind: 'data', seq: 2, epoch: 1, offset: 4 * KiB, flags: C, payload: Buffer.alloc(0), parts: pieces });
+    await slow.reached;
+    await turns();
+    expect(r.sent).toEqual([]); // seq 2 overlaps seq 1 and waits for it
+    slow.release();
+    await r.receiver.idle();
+    expect(r.sent).toEqual([
+      { kind: 'write-ack', seq: 1 },
+      { kind: 'write-ack', seq: 2 },
+    ]);
+    expect(r.written).toEqual([
+      [0, 16 * KiB],
+      [4 * KiB, 8 * KiB],
+    ]);
+    expect((await bytesAt(r.store, 4 * KiB, 8 * KiB)).equals(Buffer.concat(pieces))).toBe(true);
+    expect((await bytesAt(r.store, 12 * KiB, 4 * KiB)).every((b) => b === 0x01)).toBe(true);
+    expect(r.receiver.bytesApplied).toBe(24 * KiB);
+  });
+
   it('ZEROES without NO_HOLE may punch a hole; TRIM is applied', async () => {
     const r = rig();
     r.receiver.handle(data(1, 0, 128 * KiB, 0x5a));

@@ -500,14 +500,17 @@ describe('peer packet codec: fuzz', () => {
   });
 });
 
-describe('peer packet codec: gathered resync payloads (gatherPayloads)', () => {
+describe('peer packet codec: gathered payloads of replicated and resync data (gatherPayloads)', () => {
   const reply: Packet = { kind: 'rs-data-reply', id: 2 ** 40 + 3, offset: 2 ** 33, payload: bytes(3000, 9) };
   const batch: Packet = { kind: 'rs-batch-reply', id: 5, runs: [{ offset: 0, length: 1000 }, { offset: 8192, length: 1500 }, { offset: 2 ** 41, length: 500 }], payload: bytes(3000, 13) };
-  const around: Packet[] = [{ kind: 'rs-write-ack', id: 1 }, reply, { kind: 'sync-done' }, { ...reply, id: 4, payload: Buffer.alloc(0) }, batch];
+  const data: Packet = { kind: 'data', seq: 77, epoch: 3, offset: 2 ** 34, flags: 5, payload: bytes(2500, 17) };
+  const around: Packet[] = [{ kind: 'rs-write-ack', id: 1 }, reply, { kind: 'sync-done' }, data, { ...reply, id: 4, payload: Buffer.alloc(0) }, batch];
+  const gathers = (p: Packet): p is Extract<Packet, { kind: 'data' | 'rs-data-reply' | 'rs-batch-reply' }> =>
+    p.kind === 'data' || p.kind === 'rs-data-reply' || p.kind === 'rs-batch-reply';
 
   /** The packet as if its payload had come whole (pieces concatenated). */
   function whole(p: Packet): Packet {
-    if ((p.kind !== 'rs-data-reply' && p.kind !== 'rs-batch-reply') || p.parts === undefined) return p;
+    if (!gathers(p) || p.parts === undefined) return p;
     const { parts, ...rest } = p;
     return { ...rest, payload: Buffer.concat(parts) } as Packet;
   }
@@ -528,7 +531,7 @@ describe('peer packet codec: gathered resync payloads (gatherPayloads)', () => {
           expect(allocated, `split at ${i}`).toBe(0);
           expect(normalise(out.map(whole)), `split at ${i}`).toEqual(normalise(around));
           for (const p of out) {
-            if ((p.kind !== 'rs-data-reply' && p.kind !== 'rs-batch-reply') || p.parts === undefined) continue;
+            if (!gathers(p) || p.parts === undefined) continue;
             expect(p.payload.length).toBe(0);
             expect(p.parts.length).toBeGreaterThan(1);
             for (const part of p.parts) expect(part.buffer).toBe(stream.buffer);
@@ -551,11 +554,8 @@ describe('peer packet codec: gathered resync payloads (gatherPayloads)', () => {
     }
   });
 
-  it('only RS_DATA_REPLY is gathered: DATA and DATA_REPLY payloads still come as one buffer', () => {
-    const others: Packet[] = [
-      { kind: 'data', seq: 1, epoch: 1, offset: 0, flags: 0, payload: bytes(2000, 1) },
-      { kind: 'data-reply', id: 1, offset: 0, payload: bytes(2000, 2) },
-    ];
+  it('only DATA and the resync replies are gathered: a DATA_REPLY payload still comes as one buffer', () => {
+    const others: Packet[] = [{ kind: 'data-reply', id: 1, offset: 0, payload: bytes(2000, 2) }];
     const stream = wire(others);
     const out = decodeAll([stream.subarray(0, 100), stream.subarray(100, 2100), stream.subarray(2100)], { gatherPayloads: true });
     expect(out.violation).toBeNull();

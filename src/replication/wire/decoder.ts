@@ -109,7 +109,7 @@ const enum ReadState {
 
 type PayloadPacket = DataPacket | RsDataReplyPacket | RsBatchReplyPacket | DataReplyPacket | BitmapPacket;
 /** The payload packets whose payload may be gathered as pieces. */
-type GatheredPacket = RsDataReplyPacket | RsBatchReplyPacket;
+type GatheredPacket = DataPacket | RsDataReplyPacket | RsBatchReplyPacket;
 
 const EMPTY = Buffer.alloc(0);
 const SCRATCH_SIZE = Math.max(MAX_VARIABLE_BODY, HEADER_SIZE, ...PACKET_SPECS.map((s) => s.fixed));
@@ -375,7 +375,7 @@ export class PacketDecoder {
       this.state = this.hasDigest ? ReadState.Digest : ReadState.Header;
       return true;
     }
-    if (this.gatherPayloads && (p.kind === 'rs-data-reply' || p.kind === 'rs-batch-reply')) {
+    if (this.gatherPayloads && (p.kind === 'data' || p.kind === 'rs-data-reply' || p.kind === 'rs-batch-reply')) {
       // No allocation and no copy: the pieces stay views of the chunks.
       this.parts = [];
       this.filled = 0;

@@ -121,11 +121,20 @@ export interface DataPacket {
   flags: number;
   payload: Buffer;
   /**
-   * Sending only: the payload as the pieces it arrived in from the NBD
-   * client (then `payload` is empty), written to the socket without being
-   * copied into one buffer. The decoder always gives `payload`.
+   * The payload as pieces (then `payload` is empty). Sending: the pieces it
+   * arrived in from the NBD client, written to the socket without being
+   * copied into one buffer. Receiving, from a decoder built with
+   * `gatherPayloads`: two or more views of the received chunks, in order,
+   * written to the disk as they are (one positional writev).
    */
   parts?: readonly Buffer[];
+}
+/** The bytes a DATA packet writes, whether its payload is one buffer or pieces. */
+export function dataLength(p: DataPacket): number {
+  if (p.parts === undefined) return p.payload.length;
+  let n = 0;
+  for (const b of p.parts) n += b.length;
+  return n;
 }
 export interface ZeroesPacket {
   kind: 'zeroes';
