@@ -12,11 +12,9 @@
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { isMirrorError } from '../errors.js';
-import { DEFAULT_BLOCKS, compareCheck, verifyCheck, writeCheck } from './actions.js';
 import { parseNbdUri, type NbdUri } from './nbd-uri.js';
-import { formatCompare, formatVerify, formatWrite } from './report.js';
 import { STAMP_BLOCK_BYTES } from './stamp.js';
-import { DEFAULT_FLUSH_EVERY, DEFAULT_QUEUE_DEPTH } from './workload.js';
+import { DEFAULT_BLOCKS, DEFAULT_FLUSH_EVERY, DEFAULT_QUEUE_DEPTH } from './workload.js';
 
 export const CHECK_EXIT_OK = 0;
 export const CHECK_EXIT_VIOLATION = 1;
@@ -75,6 +73,7 @@ export function registerCheck(program: Command): void {
     .description('check that every acknowledged write is present or superseded, and no block is torn or foreign')
     .action(
       guard(async (target: string, o: { log: string; crash?: boolean; fullRange?: boolean; json?: boolean }) => {
+        const { verifyCheck, formatVerify } = await checkModules();
         const report = await verifyCheck({ target, logPath: o.log, mode: o.crash ? 'crash' : 'acknowledged', fullRange: o.fullRange === true });
         process.stdout.write(o.json ? `${JSON.stringify(report, null, 2)}\n` : formatVerify(report));
         return report.ok;
@@ -93,6 +92,7 @@ export function registerCheck(program: Command): void {
     .action(
       guard(async (a: string, b: string, o: { size?: number; offset?: number; dataArea?: boolean; json?: boolean }) => {
         if (o.offset !== undefined && o.offset % STAMP_BLOCK_BYTES !== 0) throw new InvalidArgumentError('--offset must be a multiple of 4096');
+        const { compareCheck, formatCompare } = await checkModules();
         const report = await compareCheck({ a, b, offset: o.offset, length: o.size, dataArea: o.dataArea === true });
         process.stdout.write(o.json ? `${JSON.stringify(report, null, 2)}\n` : formatCompare(report));
         return report.ok;
@@ -109,6 +109,7 @@ async function checkWrite(uri: NbdUri, o: WriteOpts): Promise<boolean> {
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   const tty = process.stderr.isTTY === true;
+  const { writeCheck, formatWrite } = await checkModules();
   try {
     const result = await writeCheck({
       uri,
@@ -195,4 +196,13 @@ function byteSize(what: string): (v: string) => number {
     if (!Number.isSafeInteger(x)) throw new InvalidArgumentError(`${what} must be a byte count, optionally with K, M, G or T`);
     return x;
   };
+}
+
+/**
+ * What the check commands run, loaded when one runs: every other CLI call
+ * would pay for loading the NBD client, the ack log and the verifier.
+ */
+async function checkModules(): Promise<typeof import('./actions.js') & typeof import('./report.js')> {
+  const [actions, report] = await Promise.all([import('./actions.js'), import('./report.js')]);
+  return { ...actions, ...report };
 }

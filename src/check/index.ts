@@ -15,12 +15,12 @@ export {
   writeCheck,
   verifyCheck,
   compareCheck,
-  DEFAULT_BLOCKS,
   type WriteCheckOptions,
   type WriteCheckResult,
   type VerifyCheckOptions,
   type CompareCheckOptions,
 } from './actions.js';
+export { DEFAULT_BLOCKS } from './workload.js';
 export { STAMP_BLOCK_BYTES, decodeStamp, encodeStamp, type DecodedBlock, type StampFields } from './stamp.js';
 export { encodeRecord, parseAckLog, type AckLogHeader, type AckLogRecord, type ParsedAckLog } from './ack-log-format.js';
 export { AckLogWriter, readAckLog, type NewLogOptions } from './ack-log.js';

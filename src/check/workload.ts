@@ -50,6 +50,8 @@ export const realClock: Clock = {
   },
 };
 
+/** Blocks a new log writes to (64 MiB), or the export's, if smaller. */
+export const DEFAULT_BLOCKS = 16_384;
 export const DEFAULT_QUEUE_DEPTH = 8;
 export const DEFAULT_FLUSH_EVERY = 64;
 export const DRAIN_TIMEOUT_MS = 10_000;
