@@ -20,6 +20,7 @@ import { randomFillSync } from 'node:crypto';
 
 import { Cluster, EventWatcher, NODES, RESYNC_RATE, type ClusterSpec, type MirrorEvent, type NodeName, type Protocol } from './cluster.js';
 import { formatTopFunctions, readProfiles, summarizeProfiles } from './cpuprofile.js';
+import { diskCounterFor, flushedWriteMiBps, type DiskCounter } from './disk-stats.js';
 import { FRONTEND_ROWS, RAMP_SECONDS, fioArgs, runFioRow, type FioResult, type FioRow } from './fio.js';
 import { createImage, scatteredIndices, syncFile } from './images.js';
 import { NbdClient } from './nbd-client.js';
@@ -35,6 +36,8 @@ const MiB = 1024 * KiB;
 const GiB = 1024 * MiB;
 /** The fio rows' image, as in the frontend benchmark. */
 const FIO_IMAGE_BYTES = GiB;
+/** Written and flushed once to measure the disk (see disk-stats.ts). */
+const DISK_PROBE_BYTES = 1024 * MiB;
 const BLOCK = 4 * KiB;
 /** Share of the 4 KiB blocks written while disconnected. */
 const DIRTY_FRACTION = 0.01;
@@ -171,6 +174,10 @@ interface FioSample {
   fioCpuPercent?: number;
   /** Bytes the Primary sent to its peer during the row (two-node setups). */
   replicatedBytes?: number;
+  /** Bytes written to the block device under the images during the row (both nodes share it here). */
+  diskWrittenBytes?: number;
+  /** The row's wall time in seconds (fio's ramp included), for diskWrittenBytes as a rate. */
+  wallSeconds?: number;
   error?: string;
   fio?: unknown;
 }
@@ -263,6 +270,8 @@ export async function replicationMain(argv: string[]): Promise<number> {
   );
 
   const fioSamples: FioSample[] = [];
+  const disk = await diskCounterFor(work);
+  let diskMiBps: number | undefined;
   const resyncSamples: ResyncSample[] = [];
   /** --baseline: the other build's resyncs, with the same repetition's nbdcopy time. */
   const baselineSamples: ResyncSample[] = [];
@@ -282,6 +291,8 @@ export async function replicationMain(argv: string[]): Promise<number> {
     await createImage(fAlpha, FIO_IMAGE_BYTES, 'random');
     await copyFile(fAlpha, fBeta);
     await syncFile(fBeta);
+    diskMiBps = await flushedWriteMiBps(work, DISK_PROBE_BYTES);
+    process.stderr.write(`the disk under ${work} takes ${fmtCount(diskMiBps)} MiB/s written and flushed (fdatasync)\n`);
     for (let rep = 0; rep < opts.reps; rep++) {
       const order = opts.setups.map((_, i) => opts.setups[(i + rep) % opts.setups.length] as Setup);
       for (const setup of order) {
@@ -298,7 +309,7 @@ export async function replicationMain(argv: string[]): Promise<number> {
         addPid(setup, target.primaryPid);
         try {
           for (const row of opts.rows) {
-            const s = await runRow(rep, setup, target, row, opts.runtime, clockTicks);
+            const s = await runRow(rep, setup, target, row, opts.runtime, clockTicks, disk);
             if (isInterrupted()) return interrupted();
             fioSamples.push(s);
             process.stderr.write(`[rep ${rep + 1}/${opts.reps}] ${setupTitle(setup).padEnd(14)} ${row.title.padEnd(22)} ${describe(s)}\n`);
@@ -382,8 +393,15 @@ export async function replicationMain(argv: string[]): Promise<number> {
   const targetLines: string[] = [];
   if (opts.parts.includes('fio')) {
     report.push(`fio rows, ${opts.runtime} s each (+${RAMP_SECONDS} s ramp), against the Primary; ratios are IOPS to single-node:`, '');
+    if (diskMiBps !== undefined) {
+      report.push(`the disk under the images takes ${fmtCount(diskMiBps)} MiB/s written and flushed (${DISK_PROBE_BYTES / MiB} MiB, then fdatasync)`, '');
+    }
     report.push(fioTable(opts.rows, opts.setups, fioSamples), '');
-    report.push('p50 latency and CPU (Primary / Secondary / fio, % of one core; medians):', '');
+    report.push(
+      'p50 latency, CPU (Primary / Secondary / fio, % of one core) and what reached the disk under both nodes\' images ' +
+        `(MiB/s written to block device ${disk?.device ?? 'unknown'} during the row; medians):`,
+      '',
+    );
     report.push(fioDetailTable(opts.rows, opts.setups, fioSamples), '');
     targetLines.push(...fioTargets(opts.setups, fioSamples));
   }
@@ -543,9 +561,18 @@ async function pairSpec(
   };
 }
 
-async function runRow(rep: number, setup: Setup, target: FioTarget, row: FioRow, runtime: number, clockTicks: number): Promise<FioSample> {
+async function runRow(
+  rep: number,
+  setup: Setup,
+  target: FioTarget,
+  row: FioRow,
+  runtime: number,
+  clockTicks: number,
+  disk: DiskCounter | undefined,
+): Promise<FioSample> {
   const cpu = async (pid: number | undefined): Promise<number | null> => (pid === undefined ? null : cpuSeconds(pid, clockTicks));
   const sent0 = await target.bytesSent().catch(() => undefined);
+  const disk0 = await disk?.written();
   const p0 = await cpu(target.primaryPid);
   const s0 = await cpu(target.secondaryPid);
   const t0 = process.hrtime.bigint();
@@ -559,6 +586,7 @@ async function runRow(rep: number, setup: Setup, target: FioTarget, row: FioRow,
   const p1 = await cpu(target.primaryPid);
   const s1 = await cpu(target.secondaryPid);
   const sent1 = await target.bytesSent().catch(() => undefined);
+  const disk1 = await disk?.written();
   const pct = (a: number | null, b: number | null): number | undefined => (a !== null && b !== null ? (100 * (b - a)) / wall : undefined);
   return {
     rep,
@@ -572,6 +600,8 @@ async function runRow(rep: number, setup: Setup, target: FioTarget, row: FioRow,
     secondaryCpuPercent: pct(s0, s1),
     fioCpuPercent: r.fioCpuPercent,
     replicatedBytes: sent0 !== undefined && sent1 !== undefined ? sent1 - sent0 : undefined,
+    diskWrittenBytes: disk0 !== undefined && disk1 !== undefined ? disk1 - disk0 : undefined,
+    wallSeconds: wall,
     fio: r.raw,
   };
 }
@@ -597,6 +627,8 @@ interface FioCell {
   secondaryCpu: number;
   fioCpu: number;
   replicatedBytes: number;
+  /** MiB/s written to the block device during the row. */
+  diskMiBps: number;
   n: number;
 }
 
@@ -617,6 +649,7 @@ function fioCell(samples: readonly FioSample[], setup: Setup, row: FioRow): FioC
     secondaryCpu: m((s) => s.secondaryCpuPercent),
     fioCpu: m((s) => s.fioCpuPercent),
     replicatedBytes: m((s) => s.replicatedBytes),
+    diskMiBps: m((s) => (s.diskWrittenBytes !== undefined && s.wallSeconds ? s.diskWrittenBytes / MiB / s.wallSeconds : undefined)),
     n: ok.length,
   };
 }
@@ -649,16 +682,17 @@ function fioTable(rows: readonly FioRow[], setups: readonly Setup[], samples: re
 
 function fioDetailTable(rows: readonly FioRow[], setups: readonly Setup[], samples: readonly FioSample[]): string {
   const name = (s: Setup): string => (s === 'single' ? 'single' : `prot ${s}`);
-  const headers = ['row', ...setups.flatMap((s) => [`${name(s)} p50`, `${name(s)} CPU`])];
+  const headers = ['row', ...setups.flatMap((s) => [`${name(s)} p50`, `${name(s)} CPU`, `${name(s)} disk`])];
   const pct = (v: number): string => (Number.isFinite(v) ? `${Math.round(v)}%` : '—');
+  const rate = (v: number): string => (Number.isFinite(v) ? `${fmtCount(v)} MiB/s` : '—');
   const body = rows.map((row) => [
     row.title,
     ...setups.flatMap((s) => {
       const c = fioCell(samples, s, row);
-      if (c.n === 0) return ['—', '—'];
+      if (c.n === 0) return ['—', '—', '—'];
       const p50 = row.fsync !== undefined ? `${fmtNs(c.p50)} + ${fmtNs(c.flushP50)} flush` : fmtNs(c.p50);
       const cpu = s === 'single' ? `${pct(c.primaryCpu)} / — / ${pct(c.fioCpu)}` : `${pct(c.primaryCpu)} / ${pct(c.secondaryCpu)} / ${pct(c.fioCpu)}`;
-      return [p50, cpu];
+      return [p50, cpu, rate(c.diskMiBps)];
     }),
   ]);
   return markdownTable(headers, body);
