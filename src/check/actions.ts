@@ -14,7 +14,8 @@ import { NbdClient } from './nbd-client.js';
 import { parseNbdUri, type NbdUri } from './nbd-uri.js';
 import { STAMP_BLOCK_BYTES } from './stamp.js';
 import { verifyLog, type VerifyMode, type VerifyReport } from './verify.js';
-import { DEFAULT_BLOCKS, runWorkload, type WorkloadOptions, type WorkloadResult } from './workload.js';
+import { DEFAULT_BLOCKS } from './defaults.js';
+import { runWorkload, type WorkloadOptions, type WorkloadResult } from './workload.js';
 
 /** A new log covers at most this many blocks unless told otherwise (64 MiB: blocks get rewritten, verify stays quick). */
 

@@ -14,7 +14,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { isMirrorError } from '../errors.js';
 import { parseNbdUri, type NbdUri } from './nbd-uri.js';
 import { STAMP_BLOCK_BYTES } from './stamp.js';
-import { DEFAULT_BLOCKS, DEFAULT_FLUSH_EVERY, DEFAULT_QUEUE_DEPTH } from './workload.js';
+import { DEFAULT_BLOCKS, DEFAULT_FLUSH_EVERY, DEFAULT_QUEUE_DEPTH } from './defaults.js';
 
 export const CHECK_EXIT_OK = 0;
 export const CHECK_EXIT_VIOLATION = 1;

@@ -20,7 +20,7 @@ export {
   type VerifyCheckOptions,
   type CompareCheckOptions,
 } from './actions.js';
-export { DEFAULT_BLOCKS } from './workload.js';
+export { DEFAULT_BLOCKS, DEFAULT_FLUSH_EVERY, DEFAULT_QUEUE_DEPTH } from './defaults.js';
 export { STAMP_BLOCK_BYTES, decodeStamp, encodeStamp, type DecodedBlock, type StampFields } from './stamp.js';
 export { encodeRecord, parseAckLog, type AckLogHeader, type AckLogRecord, type ParsedAckLog } from './ack-log-format.js';
 export { AckLogWriter, readAckLog, type NewLogOptions } from './ack-log.js';

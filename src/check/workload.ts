@@ -16,6 +16,7 @@
 import { MirrorError, describeError } from '../errors.js';
 import type { AckLogWriter } from './ack-log.js';
 import { NbdCommandError, NbdConnectionLost } from './nbd-client.js';
+import { DEFAULT_FLUSH_EVERY, DEFAULT_QUEUE_DEPTH } from './defaults.js';
 import { STAMP_BLOCK_BYTES, encodeStamp } from './stamp.js';
 
 /** What the workload writes to; NbdClient is one. */
@@ -50,10 +51,6 @@ export const realClock: Clock = {
   },
 };
 
-/** Blocks a new log writes to (64 MiB), or the export's, if smaller. */
-export const DEFAULT_BLOCKS = 16_384;
-export const DEFAULT_QUEUE_DEPTH = 8;
-export const DEFAULT_FLUSH_EVERY = 64;
 export const DRAIN_TIMEOUT_MS = 10_000;
 export const REPLY_TIMEOUT_MS = 30_000;
 
