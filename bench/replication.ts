@@ -309,7 +309,7 @@ export async function replicationMain(argv: string[]): Promise<number> {
         addPid(setup, target.primaryPid);
         try {
           for (const row of opts.rows) {
-            const s = await runRow(rep, setup, target, row, opts.runtime, clockTicks, disk);
+            const s = await runRow(rep, setup, target, row, opts.runtime, clockTicks, disk, setup === 'single' ? [fAlpha] : [fAlpha, fBeta]);
             if (isInterrupted()) return interrupted();
             fioSamples.push(s);
             process.stderr.write(`[rep ${rep + 1}/${opts.reps}] ${setupTitle(setup).padEnd(14)} ${row.title.padEnd(22)} ${describe(s)}\n`);
@@ -569,8 +569,13 @@ async function runRow(
   runtime: number,
   clockTicks: number,
   disk: DiskCounter | undefined,
+  images: readonly string[],
 ): Promise<FioSample> {
   const cpu = async (pid: number | undefined): Promise<number | null> => (pid === undefined ? null : cpuSeconds(pid, clockTicks));
+  // What earlier rows left dirty in the page cache goes to the disk now, not
+  // by the kernel's write-back in the middle of this row (it writes pages
+  // back about 30 s after they were dirtied, into whichever row runs then).
+  for (const image of images) await syncFile(image);
   const sent0 = await target.bytesSent().catch(() => undefined);
   const disk0 = await disk?.written();
   const p0 = await cpu(target.primaryPid);
