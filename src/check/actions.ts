@@ -17,8 +17,6 @@ import { verifyLog, type VerifyMode, type VerifyReport } from './verify.js';
 import { DEFAULT_BLOCKS } from './defaults.js';
 import { runWorkload, type WorkloadOptions, type WorkloadResult } from './workload.js';
 
-/** A new log covers at most this many blocks unless told otherwise (64 MiB: blocks get rewritten, verify stays quick). */
-
 export interface WriteCheckOptions
   extends Pick<
     WorkloadOptions,

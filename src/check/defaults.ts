@@ -3,7 +3,7 @@
  * them in its help without loading the NBD client and the workload.
  */
 
-/** Blocks a new log writes to (64 MiB), or the export's, if smaller. */
+/** Blocks a new log covers unless told otherwise, or the export's, if fewer (64 MiB: blocks get rewritten, verify stays quick). */
 export const DEFAULT_BLOCKS = 16_384;
 /** Writes in flight. */
 export const DEFAULT_QUEUE_DEPTH = 8;
