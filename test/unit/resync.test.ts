@@ -192,6 +192,31 @@ function blockOf(b: Buffer, block: number): Buffer {
   return b.subarray(block * BLOCK, Math.min(b.length, (block + 1) * BLOCK));
 }
 
+type Rig = Awaited<ReturnType<typeof rig>>;
+
+/** The target holds the source's data in every marked block and its own old data in every other; the marked blocks. */
+async function expectOnlyMarkedCopied(r: Rig, marks: ReadonlyArray<[number, number]>): Promise<Set<number>> {
+  const srcImg = await image(r.src);
+  const dstImg = await image(r.dst);
+  const marked = new Set<number>();
+  for (const [first, count] of marks) for (let b = first; b < first + count; b++) marked.add(b);
+  for (let b = 0; b < r.srcBitmap.blocks; b++) {
+    const want = marked.has(b) ? blockOf(srcImg, b) : blockOf(r.originalTarget, b);
+    expect(blockOf(dstImg, b).equals(want), `block ${b}`).toBe(true);
+  }
+  return marked;
+}
+
+/** A resync that ended well: both bitmaps clean, both sides counted every marked byte, nothing failed, the source only read. */
+function expectCleanEnd(r: Rig): void {
+  expect(r.srcBitmap.countSet()).toBe(0);
+  expect(r.dstBitmap.countSet()).toBe(0);
+  expect(r.target.progress.doneBytes).toBe(r.markedBytes);
+  expect(r.source.progress.doneBytes).toBe(r.markedBytes);
+  expect(r.failures).toEqual([]);
+  expect(r.src.count('write')).toBe(0);
+}
+
 describe('resync: bitmap-based copy (G6)', () => {
   it('copies exactly the marked blocks, clears both bitmaps and reports progress', async () => {
     const size = 3 * 256 * KiB + 1000; // the last block is partial
@@ -207,14 +232,7 @@ describe('resync: bitmap-based copy (G6)', () => {
     r.target.start();
     await Promise.all([r.targetDone, r.sourceDone]);
 
-    const srcImg = await image(r.src);
-    const dstImg = await image(r.dst);
-    const marked = new Set<number>();
-    for (const [first, count] of marks) for (let b = first; b < first + count; b++) marked.add(b);
-    for (let b = 0; b < r.srcBitmap.blocks; b++) {
-      const want = marked.has(b) ? blockOf(srcImg, b) : blockOf(r.originalTarget, b);
-      expect(blockOf(dstImg, b).equals(want), `block ${b}`).toBe(true);
-    }
+    const marked = await expectOnlyMarkedCopied(r, marks);
     // only marked blocks were asked for, each once, in requests of at most 256 KiB
     const requests = r.kinds(r.toSource, 'rs-data-request') as Array<{ offset: number; length: number }>;
     let asked = 0;
@@ -224,14 +242,9 @@ describe('resync: bitmap-based copy (G6)', () => {
       asked += q.length;
     }
     expect(asked).toBe(r.markedBytes);
-    expect(r.srcBitmap.countSet()).toBe(0);
-    expect(r.dstBitmap.countSet()).toBe(0);
-    expect(r.target.progress.doneBytes).toBe(r.markedBytes);
-    expect(r.source.progress.doneBytes).toBe(r.markedBytes);
     expect(r.kinds(r.toSource, 'sync-done')).toHaveLength(1);
-    expect(r.failures).toEqual([]);
-    // nothing but resync reads touched the source
-    expect(r.src.count('write')).toBe(0);
+    // both bitmaps clean, and nothing but resync reads touched the source
+    expectCleanEnd(r);
   });
 
   it('an empty bitmap finishes at once and moves nothing', async () => {
@@ -639,13 +652,7 @@ describe('resync: batched requests (RS_BATCH)', () => {
     const r = await rig({ size: 1024 * KiB, marks, target: { batch: true, batchWindowBytes: window } });
     r.target.start();
     await Promise.all([r.targetDone, r.sourceDone]);
-    const srcImg = await image(r.src);
-    const dstImg = await image(r.dst);
-    const marked = new Set<number>();
-    for (const [first, count] of marks) for (let b = first; b < first + count; b++) marked.add(b);
-    for (let b = 0; b < r.srcBitmap.blocks; b++) {
-      expect(blockOf(dstImg, b).equals(marked.has(b) ? blockOf(srcImg, b) : blockOf(r.originalTarget, b)), `block ${b}`).toBe(true);
-    }
+    const marked = await expectOnlyMarkedCopied(r, marks);
     const batches = r.kinds(r.toSource, 'rs-batch-request') as BatchRequest[];
     const singles = r.kinds(r.toSource, 'rs-data-request') as Array<{ offset: number; length: number }>;
     const asked: ResyncRun[] = [...batches.flatMap((q) => q.runs), ...singles.map((q) => ({ offset: q.offset, length: q.length }))];
@@ -662,12 +669,7 @@ describe('resync: batched requests (RS_BATCH)', () => {
     expect(batches.length + singles.length).toBeLessThanOrEqual(6);
     expect(r.kinds(r.toTarget, 'rs-batch-reply')).toHaveLength(batches.length);
     expect(r.kinds(r.toSource, 'rs-write-ack')).toHaveLength(batches.length + singles.length);
-    expect(r.srcBitmap.countSet()).toBe(0);
-    expect(r.dstBitmap.countSet()).toBe(0);
-    expect(r.target.progress.doneBytes).toBe(r.markedBytes);
-    expect(r.source.progress.doneBytes).toBe(r.markedBytes);
-    expect(r.failures).toEqual([]);
-    expect(r.src.count('write')).toBe(0);
+    expectCleanEnd(r);
   });
 
   it('a batch holds at most MAX_BATCH_RUNS runs and the request size; a lone run goes as RS_DATA_REQUEST', async () => {
