@@ -13,7 +13,6 @@
  * canFastZero=false).
  */
 import fs, { promises as fsp } from 'node:fs';
-import { constants as bufferConstants } from 'node:buffer';
 import {
   BlockStoreError,
   type BlockStore,
@@ -25,8 +24,8 @@ import {
 import { sizeOf } from './device-size.js';
 import { IoLimiter } from './io-limiter.js';
 import { nodePositionalIo, type PositionalIo } from './positional-io.js';
-import { checkRange, isByteCount } from './range-check.js';
-import { checkRuns, piecesLength, piecesOfRuns, settleAll } from './scattered.js';
+import { checkRange, checkReadBuffer, isByteCount } from './range-check.js';
+import { checkRuns, checkWriteRuns, piecesOfRuns, settleAll, writePieces } from './scattered.js';
 import { ScatteredWorker, type WorkerFailure } from './scattered-worker.js';
 
 export const DEFAULT_MAX_IN_FLIGHT = 64;
@@ -175,12 +174,7 @@ export class FileStore implements BlockStore {
     try {
       this.ensureOpen('read', offset, length);
       checkRange('read', offset, length, this.size, 'EINVAL');
-      if (into !== undefined && !(into instanceof Uint8Array && into.length >= length)) {
-        throw new BlockStoreError('EINVAL', 'read', offset, length, `read: the buffer given holds fewer than ${length} bytes`);
-      }
-      if (into === undefined && length > bufferConstants.MAX_LENGTH) {
-        throw new BlockStoreError('EINVAL', 'read', offset, length, `read: ${length} bytes is more than one Buffer can hold`);
-      }
+      checkReadBuffer(offset, length, into);
     } catch (e) {
       return Promise.reject(e);
     }
@@ -313,12 +307,7 @@ export class FileStore implements BlockStore {
     try {
       this.ensureOpen('read', runs[0]?.offset ?? 0, 0);
       total = checkRuns('read', runs, this.size, 'EINVAL');
-      if (into !== undefined && !(into instanceof Uint8Array && into.length >= total)) {
-        throw new BlockStoreError('EINVAL', 'read', runs[0]?.offset ?? 0, total, `read: the buffer given holds fewer than ${total} bytes`);
-      }
-      if (into === undefined && total > bufferConstants.MAX_LENGTH) {
-        throw new BlockStoreError('EINVAL', 'read', runs[0]?.offset ?? 0, total, `read: ${total} bytes is more than one Buffer can hold`);
-      }
+      checkReadBuffer(runs[0]?.offset ?? 0, total, into);
     } catch (e) {
       return Promise.reject(e);
     }
@@ -343,16 +332,14 @@ export class FileStore implements BlockStore {
     let total: number;
     try {
       this.ensureOpen('write', runs[0]?.offset ?? 0, 0);
-      total = checkRuns('write', runs, this.size, 'ENOSPC');
-      const given = piecesLength(data);
-      if (given !== total) throw new BlockStoreError('EINVAL', 'write', runs[0]?.offset ?? 0, total, `write: ${given} bytes given for runs of ${total}`);
+      total = checkWriteRuns(runs, data, this.size);
     } catch (e) {
       return Promise.reject(e);
     }
     const worker = this.scattered;
     if (worker?.ready) return this.inWorker('write', runs, total, () => worker.write(runs, data, total));
     const pieces = piecesOfRuns(runs, data);
-    return settleAll(runs.map((r, i) => (pieces[i]!.length === 1 ? this.write(r.offset, pieces[i]![0]!) : this.writev(r.offset, pieces[i]!))));
+    return settleAll(runs.map((r, i) => writePieces(this, r.offset, pieces[i]!)));
   }
 
   /** A batch in the worker holding one slot; its failure as a BlockStoreError. */

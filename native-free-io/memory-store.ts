@@ -7,10 +7,9 @@
  * the others, so extents() reports real holes, as a file system with hole
  * punching would.
  */
-import { constants as bufferConstants } from 'node:buffer';
 import { BlockStoreError, type BlockStore, type BlockStoreCapabilities, type ByteRange, type Extent, type WriteZeroesOptions } from './block-store.js';
-import { checkRange, isByteCount } from './range-check.js';
-import { checkRuns, piecesLength, piecesOfRuns } from './scattered.js';
+import { checkRange, checkReadBuffer, isByteCount } from './range-check.js';
+import { checkRuns, checkWriteRuns, piecesOfRuns } from './scattered.js';
 
 /** Allocation granularity: also the granularity of the holes extents() reports. */
 export const MEMORY_CHUNK_BYTES = 64 * 1024;
@@ -58,12 +57,7 @@ export class MemoryStore implements BlockStore {
 
   async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
     this.admit('read', offset, length, 'EINVAL');
-    if (into !== undefined && !(into instanceof Uint8Array && into.length >= length)) {
-      throw new BlockStoreError('EINVAL', 'read', offset, length, `read: the buffer given holds fewer than ${length} bytes`);
-    }
-    if (into === undefined && length > bufferConstants.MAX_LENGTH) {
-      throw new BlockStoreError('EINVAL', 'read', offset, length, `read: ${length} bytes is more than one Buffer can hold`);
-    }
+    checkReadBuffer(offset, length, into);
     // Copies out, never a view of the chunks: the caller owns what it gets.
     const buffer = into ?? Buffer.allocUnsafe(length);
     this.forEachPiece(offset, length, (index, within, n, done) => {
@@ -85,9 +79,7 @@ export class MemoryStore implements BlockStore {
   async readRuns(runs: readonly ByteRange[], into?: Buffer): Promise<Buffer> {
     const total = checkRuns('read', runs, this.size, 'EINVAL');
     for (const r of runs) this.admit('read', r.offset, r.length, 'EINVAL');
-    if (into !== undefined && !(into instanceof Uint8Array && into.length >= total)) {
-      throw new BlockStoreError('EINVAL', 'read', runs[0]?.offset ?? 0, total, `read: the buffer given holds fewer than ${total} bytes`);
-    }
+    checkReadBuffer(runs[0]?.offset ?? 0, total, into);
     const buffer = into ?? Buffer.allocUnsafe(total);
     let at = 0;
     for (const r of runs) {
@@ -98,10 +90,8 @@ export class MemoryStore implements BlockStore {
   }
 
   async writeRuns(runs: readonly ByteRange[], data: readonly Buffer[]): Promise<void> {
-    const total = checkRuns('write', runs, this.size, 'ENOSPC');
+    checkWriteRuns(runs, data, this.size);
     for (const r of runs) this.admit('write', r.offset, r.length, 'ENOSPC');
-    const given = piecesLength(data);
-    if (given !== total) throw new BlockStoreError('EINVAL', 'write', runs[0]?.offset ?? 0, total, `write: ${given} bytes given for runs of ${total}`);
     const pieces = piecesOfRuns(runs, data);
     runs.forEach((r, i) => {
       let done = 0;

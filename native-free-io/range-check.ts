@@ -2,6 +2,7 @@
  * Argument checks shared by every store. They run before any allocation or
  * I/O, so a bad request costs nothing and touches nothing.
  */
+import { constants as bufferConstants } from 'node:buffer';
 import { BlockStoreError } from './block-store.js';
 
 /** A byte count or offset a store accepts: an integer in [0, 2^53). */
@@ -35,5 +36,19 @@ export function checkRange(
       length,
       `${op} at ${offset}+${length} is beyond the end of the store (${sizeBytes} bytes)`,
     );
+  }
+}
+
+/**
+ * Throws BlockStoreError (EINVAL) unless a read of `length` bytes at
+ * `offset` has somewhere to go: `into` holds at least that many bytes, or,
+ * without `into`, one Buffer can hold them.
+ */
+export function checkReadBuffer(offset: number, length: number, into: Buffer | undefined): void {
+  if (into !== undefined && !(into instanceof Uint8Array && into.length >= length)) {
+    throw new BlockStoreError('EINVAL', 'read', offset, length, `read: the buffer given holds fewer than ${length} bytes`);
+  }
+  if (into === undefined && length > bufferConstants.MAX_LENGTH) {
+    throw new BlockStoreError('EINVAL', 'read', offset, length, `read: ${length} bytes is more than one Buffer can hold`);
   }
 }

@@ -27,6 +27,17 @@ export function checkRuns(op: string, runs: readonly ByteRange[], sizeBytes: num
 }
 
 /**
+ * checkRuns for a write, and `data` (its pieces concatenated) must hold
+ * exactly the bytes the runs cover (EINVAL otherwise). Returns that count.
+ */
+export function checkWriteRuns(runs: readonly ByteRange[], data: readonly Buffer[], sizeBytes: number): number {
+  const total = checkRuns('write', runs, sizeBytes, 'ENOSPC');
+  const given = piecesLength(data);
+  if (given !== total) throw new BlockStoreError('EINVAL', 'write', runs[0]?.offset ?? 0, total, `write: ${given} bytes given for runs of ${total}`);
+  return total;
+}
+
+/**
  * The pieces of `data` (concatenated) that belong to each run: views, never
  * copies. The caller checked that the lengths add up.
  */

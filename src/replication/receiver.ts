@@ -10,10 +10,10 @@
  * is the order the Primary issued them: the same on every node.
  */
 import type { BlockStore } from '../../native-free-io/block-store.js';
-import { piecesLength, writePieces } from '../../native-free-io/scattered.js';
+import { writePieces } from '../../native-free-io/scattered.js';
 import type { Logger } from 'pino';
 import { RangeLock } from './range-lock.js';
-import { WRITE_FLAGS, type Packet } from './wire/index.js';
+import { WRITE_FLAGS, dataLength, type Packet } from './wire/index.js';
 
 /** Where answers go (the peer picks each packet's channel). */
 export interface ReceiverIo {
@@ -63,8 +63,7 @@ export class Receiver {
   handle(p: Packet): boolean {
     switch (p.kind) {
       case 'data':
-        if (p.parts !== undefined) this.apply(p.seq, p.epoch, p.flags, p.offset, piecesLength(p.parts), () => writePieces(this.store, p.offset, p.parts!));
-        else this.apply(p.seq, p.epoch, p.flags, p.offset, p.payload.length, () => this.store.write(p.offset, p.payload));
+        this.apply(p.seq, p.epoch, p.flags, p.offset, dataLength(p), () => writePieces(this.store, p.offset, p.parts ?? [p.payload]));
         return true;
       case 'zeroes':
         this.apply(p.seq, p.epoch, p.flags, p.offset, p.length, () =>

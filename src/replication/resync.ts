@@ -372,7 +372,7 @@ export class ResyncTarget {
       .flush()
       .then(
         () => {
-          // Durable now (runs added after this flush started stay listed).
+          // Durable now: the runs this flush took over (any a later one took stay listed).
           if (!this.stopped) this.flushingRuns = this.flushingRuns.slice(covered);
           return true;
         },
