@@ -75,6 +75,11 @@ function piecesLength(pieces: readonly Buffer[] | null): number {
   return n;
 }
 
+/** The bytes a DATA packet writes, whether its payload is one buffer or pieces. */
+export function dataLength(p: Extract<Packet, { kind: 'data' }>): number {
+  return piecesLength(payloadPieces(p));
+}
+
 function withDigest(p: Packet, options: EncodeOptions | undefined): boolean {
   return options?.integrity === true && specOfKind(p.kind).digest;
 }

@@ -129,13 +129,6 @@ export interface DataPacket {
    */
   parts?: readonly Buffer[];
 }
-/** The bytes a DATA packet writes, whether its payload is one buffer or pieces. */
-export function dataLength(p: DataPacket): number {
-  if (p.parts === undefined) return p.payload.length;
-  let n = 0;
-  for (const b of p.parts) n += b.length;
-  return n;
-}
 export interface ZeroesPacket {
   kind: 'zeroes';
   seq: number;
