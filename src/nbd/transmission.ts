@@ -78,6 +78,13 @@ export const MAX_REQUESTS_IN_FLIGHT = 64;
 /** Payload bytes (READ lengths + WRITE payloads) in flight before we stop reading. */
 export const MAX_BYTES_IN_FLIGHT = 64 * 1024 * 1024;
 /**
+ * Shutting down with requests waiting in the socket (it was paused behind a
+ * full window): how long the connection stays open for them to be read and
+ * answered ESHUTDOWN if the socket delivers nothing. A loopback or LAN read
+ * takes well under a millisecond; this only bounds a client that sent none.
+ */
+export const SHUTDOWN_READ_GRACE_MS = 50;
+/**
  * Free READ buffers a connection keeps per size class, in bytes: enough for
  * 16 reads of 1 MiB (or 128 of 4 KiB) in flight without allocating.
  */
@@ -120,6 +127,12 @@ export class Transmission {
   private draining: 'disc' | 'shutdown' | null = null;
   /** The host was told to end the connection. */
   private ending = false;
+  /**
+   * Shutting down, the socket was resumed after a full window held it: the
+   * requests waiting in it are read (and answered ESHUTDOWN) before the
+   * connection ends, or SHUTDOWN_READ_GRACE_MS passes. Null otherwise.
+   */
+  private awaitingRead: NodeJS.Timeout | null = null;
   /** False once the socket has closed. */
   private open = true;
 
@@ -150,6 +163,7 @@ export class Transmission {
   received(chunk: Buffer): void {
     // Nothing after DISC is acted on, nor anything once the connection is ending.
     if (this.draining === 'disc' || this.ending) return;
+    this.stopAwaitingRead();
     this.dec.push(chunk);
     this.pump();
   }
@@ -167,6 +181,7 @@ export class Transmission {
   /** The socket closed: stop everything, drop the pooled buffers. */
   closed(): void {
     this.open = false;
+    this.stopAwaitingRead();
     this.pool.clear();
   }
 
@@ -217,6 +232,15 @@ export class Transmission {
     } else if (!blocked && this.paused) {
       this.paused = false;
       this.socket.resume();
+      if (this.draining === 'shutdown' && this.awaitingRead === null) {
+        // The writes in flight may all complete before the socket delivers
+        // what waits in it; those requests were sent and get their ESHUTDOWN.
+        this.awaitingRead = setTimeout(() => {
+          this.awaitingRead = null;
+          this.maybeFinishDrain();
+        }, SHUTDOWN_READ_GRACE_MS);
+        this.awaitingRead.unref();
+      }
       this.pump();
     }
   }
@@ -478,9 +502,15 @@ export class Transmission {
   }
 
   /** When draining and nothing is in flight: send what is queued, then close. */
+  private stopAwaitingRead(): void {
+    if (this.awaitingRead === null) return;
+    clearTimeout(this.awaitingRead);
+    this.awaitingRead = null;
+  }
+
   private maybeFinishDrain(): void {
     // While pumping, more received requests may still be answered: pump ends with this call.
-    if (this.draining === null || this.inFlight > 0 || this.pumping || this.ending || !this.open) return;
+    if (this.draining === null || this.inFlight > 0 || this.pumping || this.ending || !this.open || this.awaitingRead !== null) return;
     this.ending = true;
     this.writer.flush();
     this.host.endAfterWrites();
