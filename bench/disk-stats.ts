@@ -7,6 +7,7 @@
  * data must reach the device (a Secondary that flushes every epoch) is
  * bounded by the device as well. Printing both says which bound a row hit.
  */
+import { closeSync, fdatasyncSync, openSync, readSync, writeSync } from 'node:fs';
 import { open, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
@@ -67,5 +68,42 @@ export async function flushedWriteMiBps(dir: string, bytes: number): Promise<num
   } finally {
     await fh.close();
     await rm(file, { force: true });
+  }
+}
+
+export interface ScatteredCopyCost {
+  /** The reads of every block from the source's image, back to back (ms). */
+  readMs: number;
+  /** The writes of every block into the target's image, back to back (ms). */
+  writeMs: number;
+  /** The target image's fdatasync after them (ms). */
+  flushMs: number;
+}
+
+/**
+ * What a copy of `offsets` (blocks of `blockBytes`) from `source` to
+ * `target` costs the files alone: synchronous preads and pwrites on one
+ * thread, then fdatasync of the target: no protocol, no threads, no
+ * messages. The target's writes and its flush are the part a durable
+ * resync cannot hide; the bench prints them beside its dirty resync. The
+ * target's blocks are overwritten with the source's: run it only on images
+ * whose content no longer matters.
+ */
+export function scatteredCopyCost(source: string, target: string, offsets: readonly number[], blockBytes: number): ScatteredCopyCost {
+  const buf = Buffer.alloc(offsets.length * blockBytes);
+  const src = openSync(source, 'r');
+  const dst = openSync(target, 'r+');
+  try {
+    const t0 = performance.now();
+    offsets.forEach((o, i) => readSync(src, buf, i * blockBytes, blockBytes, o));
+    const t1 = performance.now();
+    offsets.forEach((o, i) => writeSync(dst, buf, i * blockBytes, blockBytes, o));
+    const t2 = performance.now();
+    fdatasyncSync(dst);
+    const t3 = performance.now();
+    return { readMs: t1 - t0, writeMs: t2 - t1, flushMs: t3 - t2 };
+  } finally {
+    closeSync(src);
+    closeSync(dst);
   }
 }

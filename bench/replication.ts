@@ -20,7 +20,7 @@ import { randomFillSync } from 'node:crypto';
 
 import { Cluster, EventWatcher, NODES, RESYNC_RATE, type ClusterSpec, type MirrorEvent, type NodeName, type Protocol } from './cluster.js';
 import { formatTopFunctions, readProfiles, summarizeProfiles } from './cpuprofile.js';
-import { diskCounterFor, flushedWriteMiBps, type DiskCounter } from './disk-stats.js';
+import { diskCounterFor, flushedWriteMiBps, scatteredCopyCost, type DiskCounter, type ScatteredCopyCost } from './disk-stats.js';
 import { FRONTEND_ROWS, RAMP_SECONDS, fioArgs, runFioRow, type FioResult, type FioRow } from './fio.js';
 import { createImage, scatteredIndices, syncFile } from './images.js';
 import { NbdClient } from './nbd-client.js';
@@ -220,6 +220,12 @@ interface ResyncSample {
     bytesSent: number;
     bytesReceived: number;
   };
+  /**
+   * The same blocks as the dirty resync copied by plain system calls, after
+   * the pair stopped: alpha's image read, beta's written and flushed (see
+   * scatteredCopyCost).
+   */
+  filesAlone?: ScatteredCopyCost;
   /** Both nodes' events during the measurements, ms from the command's start. */
   timeline?: { full: string[]; dirty: string[] };
   error?: string;
@@ -375,6 +381,15 @@ export async function replicationMain(argv: string[]): Promise<number> {
           }
         }
         base.nbdcopy = sample.nbdcopy;
+      }
+      if (sample.dirty !== undefined) {
+        // Beta's image is rewritten by the next repetition's copies anyway.
+        sample.filesAlone = scatteredCopyCost(rAlpha, rBeta, dirtyOffsets(opts.resyncBytes, rep), BLOCK);
+        const f = sample.filesAlone;
+        process.stderr.write(
+          `[rep ${rep + 1}/${opts.reps}] the same blocks by plain system calls: read ${f.readMs.toFixed(1)} ms, ` +
+            `write ${f.writeMs.toFixed(1)} ms, fdatasync ${f.flushMs.toFixed(1)} ms\n`,
+        );
       }
     }
   }
@@ -824,8 +839,8 @@ async function mirrorbdResync(
     // ---- 1 % dirty
     await cluster.cli('alpha', ['disconnect', 'r0']);
     await cluster.waitStatus('alpha', (s) => s.peers[0]?.connection === 'StandAlone', 30_000, 'alpha StandAlone');
-    const blocks = Math.round((bytes / BLOCK) * DIRTY_FRACTION);
-    const offsets = scatteredIndices(bytes / BLOCK, blocks, DIRTY_SEED + rep).map((i) => i * BLOCK);
+    const offsets = dirtyOffsets(bytes, rep);
+    const blocks = offsets.length;
     const client = await NbdClient.open(BENCH_HOST, cluster.spec.nodes.alpha.nbdPort, 'r0');
     try {
       await client.writeBlocks(offsets, randomFillSync(Buffer.alloc(BLOCK)), DIRTY_WRITE_DEPTH);
@@ -890,6 +905,12 @@ async function mirrorbdResync(
   }
 }
 
+/** The blocks the 1 % dirty resync of repetition `rep` marks (byte offsets), the same for every build. */
+function dirtyOffsets(bytes: number, rep: number): number[] {
+  const blocks = Math.round((bytes / BLOCK) * DIRTY_FRACTION);
+  return scatteredIndices(bytes / BLOCK, blocks, DIRTY_SEED + rep).map((i) => i * BLOCK);
+}
+
 /** Events of both nodes in time order, as "+MS node type to/details". */
 function timeline(t0: number, alpha: readonly MirrorEvent[], beta: readonly MirrorEvent[]): string[] {
   const tagged = [...alpha.map((e) => ['alpha', e] as const), ...beta.map((e) => ['beta', e] as const)];
@@ -938,6 +959,9 @@ interface ResyncSummary {
   dirtyOutOfSyncBytes: number;
   dirtyBytesSent: number;
   dirtyBytesReceived: number;
+  filesReadMs: number;
+  filesWriteMs: number;
+  filesFlushMs: number;
   n: number;
 }
 
@@ -960,12 +984,24 @@ function summarizeResync(samples: readonly ResyncSample[]): ResyncSummary {
     dirtyOutOfSyncBytes: m((s) => s.dirty?.outOfSyncBytes),
     dirtyBytesSent: m((s) => s.dirty?.bytesSent),
     dirtyBytesReceived: m((s) => s.dirty?.bytesReceived),
+    filesReadMs: m((s) => s.filesAlone?.readMs),
+    filesWriteMs: m((s) => s.filesAlone?.writeMs),
+    filesFlushMs: m((s) => s.filesAlone?.flushMs),
     n: samples.length,
   };
 }
 
+/**
+ * What no resync of the dirty blocks can beat on this disk: beta's writes of
+ * them and the flush that makes them durable, by plain system calls.
+ */
+function filesFloorSeconds(s: ResyncSummary): number {
+  return (s.filesWriteMs + s.filesFlushMs) / 1000;
+}
+
 function resyncTable(samples: readonly ResyncSample[]): string {
   const s = summarizeResync(samples);
+  const ms = (v: number): string => (Number.isFinite(v) ? `${v.toFixed(1)} ms` : '—');
   const sec = (v: number): string => (Number.isFinite(v) ? `${v.toFixed(v < 1 ? 3 : 2)} s` : '—');
   const rate = (seconds: number): string => (Number.isFinite(seconds) ? `${mibps(s.bytes, seconds)} MiB/s` : '—');
   const rows: string[][] = [
@@ -1010,6 +1046,14 @@ function resyncTable(samples: readonly ResyncSample[]): string {
     ['    beta SyncTarget → beta UpToDate (the copy and its end)', sec(s.dirtyCopySeconds), '', '', ''],
     ['  (the SyncTarget\'s own count: resync start → done)', sec(s.dirtyTargetMs / 1000), '', '', ''],
     ['  (`connect` → alpha, too, Established after its resync-done)', sec(s.dirtySourceDoneSeconds), '', '', ''],
+    [
+      'the same blocks by plain system calls (no mirrorbd): beta\'s writes + fdatasync',
+      sec(filesFloorSeconds(s)),
+      `${pctOf(filesFloorSeconds(s), s.fullDaemonSeconds)} of full (daemons)`,
+      '',
+      '',
+    ],
+    ['  alpha\'s reads / beta\'s writes / beta\'s fdatasync', `${ms(s.filesReadMs)} / ${ms(s.filesWriteMs)} / ${ms(s.filesFlushMs)}`, '', '', ''],
   ];
   return markdownTable(['copy', 'time', 'rate', 'bytes sent by alpha', 'rate / nbdcopy'], rows);
 }
@@ -1028,7 +1072,8 @@ function resyncTargets(samples: readonly ResyncSample[]): string[] {
       `${fmtRatio(fullDaemon)}, ${atLeast(fullDaemon, TARGETS.fullResyncVsNbdcopy)}`,
     `- 1 % dirty resync: ${pctOf(s.dirtySeconds, s.fullSeconds)} of the full resync's time from the command ` +
       `(target ≤ ${100 * TARGETS.dirtyVsFullTime} %): ${atMost(dirty, TARGETS.dirtyVsFullTime)}; inside the daemons: ` +
-      `${pctOf(s.dirtyDaemonSeconds, s.fullDaemonSeconds)}, ${atMost(dirtyDaemon, TARGETS.dirtyVsFullTime)}`,
+      `${pctOf(s.dirtyDaemonSeconds, s.fullDaemonSeconds)}, ${atMost(dirtyDaemon, TARGETS.dirtyVsFullTime)}; ` +
+      `beta's writes and fdatasync of the same blocks alone, without mirrorbd: ${pctOf(filesFloorSeconds(s), s.fullDaemonSeconds)}`,
   ];
 }
 

@@ -1,7 +1,8 @@
-import { statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { deviceNumbers, diskCounterFor, sectorsWritten } from '../../bench/disk-stats.js';
+import { deviceNumbers, diskCounterFor, scatteredCopyCost, sectorsWritten } from '../../bench/disk-stats.js';
 
 describe('bench disk statistics', () => {
   it('splits a Linux dev_t into major and minor as glibc does, small and large numbers', () => {
@@ -29,5 +30,25 @@ describe('bench disk statistics', () => {
     const b = await counter.written();
     expect(b).toBeGreaterThanOrEqual(a);
     expect(a % 512).toBe(0);
+  });
+
+  it('copies exactly the named blocks from one file to the other and times each step', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mirrorbd-disk-stats-'));
+    try {
+      const block = 4096;
+      const source = Buffer.alloc(16 * block);
+      for (let i = 0; i < 16; i++) source.fill(i + 1, i * block, (i + 1) * block);
+      writeFileSync(join(dir, 'a'), source);
+      writeFileSync(join(dir, 'b'), Buffer.alloc(16 * block));
+      const cost = scatteredCopyCost(join(dir, 'a'), join(dir, 'b'), [3 * block, 7 * block, 15 * block], block);
+      const target = readFileSync(join(dir, 'b'));
+      for (let i = 0; i < 16; i++) {
+        const want = [3, 7, 15].includes(i) ? i + 1 : 0;
+        expect(target.subarray(i * block, (i + 1) * block).every((b) => b === want)).toBe(true);
+      }
+      for (const ms of [cost.readMs, cost.writeMs, cost.flushMs]) expect(ms).toBeGreaterThanOrEqual(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
