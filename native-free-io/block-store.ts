@@ -59,6 +59,17 @@ export interface BlockStore {
    */
   writev?(offset: number, parts: readonly Buffer[]): Promise<void>;
   /**
+   * Optional: the pieces, in order, as one range from `offset`, written at
+   * once on the calling thread: no thread-pool round trip, for a small
+   * write whose latency is the point. The caller is blocked for as long as
+   * the system call takes, so it is for a few KiB into the page cache, not
+   * for bulk. Returns true once written, or false, having done nothing,
+   * where the store cannot write that way now (FileStore: while another of
+   * its requests is in progress); throws a BlockStoreError when the write
+   * failed (checked as write is).
+   */
+  writeNow?(offset: number, parts: readonly Buffer[]): boolean;
+  /**
    * Optional: read the scattered `runs` into one buffer, one after the
    * other (run i starts where run i-1 ended), as one read per run would.
    * Every run is range-checked before any I/O starts; the promise settles

@@ -45,5 +45,11 @@ export function faultyIo(base: PositionalIo, rule: FaultRule): PositionalIo {
     writev: base.writev
       ? (fd, buffers, position) => (fails('write') ? Promise.reject(failure('writev')) : base.writev!(fd, buffers, position))
       : undefined,
+    writevSync: base.writevSync
+      ? (fd, buffers, position) => {
+          if (fails('write')) throw failure('writev');
+          return base.writevSync!(fd, buffers, position);
+        }
+      : undefined,
   };
 }

@@ -25,7 +25,7 @@ import { sizeOf } from './device-size.js';
 import { IoLimiter } from './io-limiter.js';
 import { nodePositionalIo, type PositionalIo } from './positional-io.js';
 import { checkRange, checkReadBuffer, isByteCount } from './range-check.js';
-import { checkRuns, checkWriteRuns, piecesOfRuns, settleAll, writePieces } from './scattered.js';
+import { checkRuns, checkWriteRuns, piecesFrom, piecesLength, piecesOfRuns, settleAll, writePieces } from './scattered.js';
 import { ScatteredWorker, type WorkerFailure } from './scattered-worker.js';
 
 export const DEFAULT_MAX_IN_FLIGHT = 64;
@@ -281,6 +281,35 @@ export class FileStore implements BlockStore {
       },
       (e: unknown) => this.failHeld(e, 'write', offset, length),
     );
+  }
+
+  /**
+   * One pwritev on the calling thread (BlockStore.writeNow): a 4 KiB write
+   * into the page cache takes a few microseconds, its round trip through
+   * the thread pool several times that. False where the PositionalIo has
+   * no synchronous call (an injected one may not), and while any other
+   * request of this store is in progress: a disk that hangs shows first as
+   * a request that does not come back (a flush, usually), and a write on
+   * the calling thread must not be the one that finds out. It holds no
+   * limiter slot: nothing else runs until it returns.
+   */
+  writeNow(offset: number, parts: readonly Buffer[]): boolean {
+    const writevSync = this.io.writevSync;
+    if (writevSync === undefined || this.limiter.inFlight > 0) return false;
+    const length = piecesLength(parts);
+    this.ensureOpen('write', offset, length);
+    checkRange('write', offset, length, this.size, 'ENOSPC');
+    try {
+      // Short writes (a signal, a full disk) continue with what is left.
+      for (let put = 0; put < length; ) {
+        const n = writevSync(this.fd, put === 0 ? parts : piecesFrom(parts, put), offset + put);
+        if (n <= 0) throw new BlockStoreError('EIO', 'write', offset, length, `${this.path}: no progress writing at ${offset + put}`);
+        put += n;
+      }
+    } catch (e) {
+      throw fsFailure(e, 'write', offset, length, this.path);
+    }
+    return true;
   }
 
   /** Batches of scattered runs go to the worker now (it was asked for and is online). */

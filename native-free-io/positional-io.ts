@@ -22,6 +22,11 @@ export interface PositionalIo {
    * written. Without it FileStore writes the buffers one by one.
    */
   writev?(fd: number, buffers: readonly Uint8Array[], position: number): Promise<number>;
+  /**
+   * Optional pwritev(2) on the calling thread: returns the bytes written.
+   * Without it FileStore offers no writeNow.
+   */
+  writevSync?(fd: number, buffers: readonly Uint8Array[], position: number): number;
 }
 
 export const nodePositionalIo: PositionalIo = {
@@ -43,5 +48,8 @@ export const nodePositionalIo: PositionalIo = {
     return new Promise((resolve, reject) =>
       fs.writev(fd, buffers as NodeJS.ArrayBufferView[], position, (err, written) => (err ? reject(err) : resolve(written))),
     );
+  },
+  writevSync(fd, buffers, position) {
+    return fs.writevSync(fd, buffers as NodeJS.ArrayBufferView[], position);
   },
 };

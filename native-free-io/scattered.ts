@@ -73,6 +73,18 @@ export function writePieces(store: BlockStore, offset: number, parts: readonly B
   return store.writev !== undefined ? store.writev(offset, parts) : store.write(offset, Buffer.concat(parts, piecesLength(parts)));
 }
 
+/** The pieces after their first `skip` bytes (views, never copies). */
+export function piecesFrom(parts: readonly Buffer[], skip: number): Buffer[] {
+  const out: Buffer[] = [];
+  let at = 0;
+  for (const p of parts) {
+    const end = at + p.length;
+    if (end > skip) out.push(at >= skip ? p : p.subarray(skip - at));
+    at = end;
+  }
+  return out;
+}
+
 /** The bytes the pieces hold together. */
 export function piecesLength(data: readonly Buffer[]): number {
   let n = 0;

@@ -34,6 +34,17 @@ export class RangeLock {
   }
 
   /**
+   * Nothing overlapping [offset, offset+length) is held or waiting: an
+   * operation that completes before the caller returns (a synchronous
+   * write) may run now without an entry, in order with every other.
+   */
+  isFree(offset: number, length: number): boolean {
+    const end = offset + length;
+    if (length > 0) for (const other of this.entries) if (other.start < end && offset < other.end) return false;
+    return true;
+  }
+
+  /**
    * Queue [offset, offset+length). A zero-length range conflicts with
    * nothing. The promise resolves with the release function.
    */

@@ -371,6 +371,97 @@ describe('FileStore on a regular file', () => {
   });
 });
 
+describe('FileStore: writeNow (a write on the calling thread)', () => {
+  it('writes the pieces as one range before it returns, and the async path reads them back', async () => {
+    const file = makeFile('now.img', Buffer.alloc(64 * KiB));
+    const store = await openStore(file);
+    const parts = [Buffer.alloc(1000, 1), Buffer.alloc(3096, 2), Buffer.alloc(4096, 3)];
+    expect(store.writeNow(5 * KiB, parts)).toBe(true);
+    // Nothing awaited in between: the bytes are in the file already.
+    const fd = fs.openSync(file, 'r');
+    const raw = Buffer.alloc(8 * KiB);
+    fs.readSync(fd, raw, 0, raw.length, 5 * KiB);
+    fs.closeSync(fd);
+    expect(raw).toEqual(Buffer.concat(parts));
+    expect(await store.read(5 * KiB, 8 * KiB)).toEqual(Buffer.concat(parts));
+    expect(store.inFlight).toBe(0);
+  });
+
+  it('continues short writes until every byte is in', async () => {
+    const file = makeFile('short.img', Buffer.alloc(64 * KiB));
+    const calls: number[] = [];
+    const io: PositionalIo = {
+      ...nodePositionalIo,
+      // at most 1000 bytes per call, as a disk that keeps coming back short
+      writevSync: (fd, buffers, position) => {
+        const first = Buffer.from(buffers[0]!.buffer, buffers[0]!.byteOffset, Math.min(1000, buffers[0]!.length));
+        calls.push(first.length);
+        return fs.writeSync(fd, first, 0, first.length, position);
+      },
+    };
+    const store = await openStore(file, { io });
+    const parts = [randomBytes(2500), randomBytes(1700)];
+    expect(store.writeNow(100, parts)).toBe(true);
+    expect(calls.reduce((a, b) => a + b, 0)).toBe(4200);
+    expect(calls.length).toBeGreaterThan(4);
+    expect(await store.read(100, 4200)).toEqual(Buffer.concat(parts));
+  });
+
+  it('throws BlockStoreErrors as write rejects: past the end ENOSPC, after close EBADF, the system\'s errno on failure', async () => {
+    const file = makeFile('errors.img', Buffer.alloc(16 * KiB));
+    const failing: PositionalIo = {
+      ...nodePositionalIo,
+      writevSync: () => {
+        throw Object.assign(new Error('injected'), { code: 'EIO' });
+      },
+    };
+    const store = await openStore(file, { io: failing });
+    const thrown = (f: () => unknown): BlockStoreError => {
+      try {
+        f();
+      } catch (e) {
+        expect(e).toBeInstanceOf(BlockStoreError);
+        return e as BlockStoreError;
+      }
+      throw new Error('expected a BlockStoreError');
+    };
+    expect(thrown(() => store.writeNow(12 * KiB, [Buffer.alloc(8 * KiB)])).errno).toBe('ENOSPC');
+    const eio = thrown(() => store.writeNow(0, [Buffer.alloc(4 * KiB)]));
+    expect([eio.errno, eio.op, eio.offset, eio.length]).toEqual(['EIO', 'write', 0, 4 * KiB]);
+    await store.close();
+    expect(thrown(() => store.writeNow(0, [Buffer.alloc(1)])).errno).toBe('EBADF');
+  });
+
+  it('answers false, writing nothing, while another request of the store is in progress', async () => {
+    const file = makeFile('busy.img', Buffer.alloc(16 * KiB));
+    let finishSync!: () => void;
+    const io: PositionalIo = {
+      ...nodePositionalIo,
+      datasync: (fd) =>
+        new Promise<void>((resolve) => {
+          finishSync = resolve;
+        }).then(() => nodePositionalIo.datasync(fd)),
+    };
+    const store = await openStore(file, { io });
+    const flushing = store.flush();
+    await new Promise((r) => setImmediate(r));
+    expect(store.writeNow(0, [Buffer.alloc(4 * KiB, 9)])).toBe(false);
+    expect(await store.read(0, 4 * KiB)).toEqual(Buffer.alloc(4 * KiB));
+    finishSync();
+    await flushing;
+    expect(store.writeNow(0, [Buffer.alloc(4 * KiB, 9)])).toBe(true);
+    expect(await store.read(0, 4 * KiB)).toEqual(Buffer.alloc(4 * KiB, 9));
+  });
+
+  it('answers false, writing nothing, where the injected I/O has no synchronous call', async () => {
+    const file = makeFile('nosync.img', Buffer.alloc(16 * KiB));
+    const { io } = instrumentedIo();
+    const store = await openStore(file, { io });
+    expect(store.writeNow(0, [Buffer.alloc(4 * KiB, 9)])).toBe(false);
+    expect(await store.read(0, 4 * KiB)).toEqual(Buffer.alloc(4 * KiB));
+  });
+});
+
 describe('FileStore: scattered runs (readRuns, writeRuns)', () => {
   const runs = [
     { offset: 3, length: 5000 },

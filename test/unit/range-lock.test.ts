@@ -90,4 +90,21 @@ describe('range lock', () => {
     for (const seq of applied) expect(seq).toEqual([...seq].sort((x, y) => x - y));
     expect(lock.size).toBe(0);
   });
+
+  it('isFree: true only while nothing overlapping is held or waiting; it queues nothing', async () => {
+    const lock = new RangeLock();
+    expect(lock.isFree(0, 4096)).toBe(true);
+    const held = await lock.acquire(4096, 4096);
+    const waiting = lock.acquire(8000, 4096); // overlaps the held range: it waits
+    expect(lock.isFree(0, 4096)).toBe(true); // touches 4096 without overlapping it
+    expect(lock.isFree(4095, 2)).toBe(false);
+    expect(lock.isFree(12000, 100)).toBe(false); // only the waiting entry covers it
+    expect(lock.isFree(16384, 4096)).toBe(true);
+    expect(lock.isFree(5000, 0)).toBe(true); // an empty range conflicts with nothing
+    expect(lock.size).toBe(2);
+    held();
+    (await waiting)();
+    expect(lock.isFree(4096, 8192)).toBe(true);
+    expect(lock.size).toBe(0);
+  });
 });

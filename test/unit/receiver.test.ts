@@ -2,7 +2,7 @@ import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { BlockStoreError } from '../../native-free-io/block-store.js';
 import { RangeLock } from '../../src/replication/range-lock.js';
-import { Receiver } from '../../src/replication/receiver.js';
+import { Receiver, WRITE_NOW_MAX_BYTES } from '../../src/replication/receiver.js';
 import { WRITE_FLAGS, type Packet } from '../../src/replication/wire/index.js';
 import { ControlledStore, turns } from '../helpers/controlled-store.js';
 
@@ -21,8 +21,30 @@ interface Rig {
   kinds(): string[];
 }
 
-function rig(size = 1024 * KiB): Rig {
-  const store = new ControlledStore(size);
+/**
+ * A store that can write at once (BlockStore.writeNow), as FileStore can:
+ * into the same memory, recorded as 'writeNow OFFSET+LENGTH'; `nowFails`
+ * makes it throw that errno.
+ */
+class NowStore extends ControlledStore {
+  nowFails: string | undefined;
+
+  writeNow(offset: number, parts: readonly Buffer[]): boolean {
+    const data = Buffer.concat(parts);
+    if (this.nowFails !== undefined) throw new BlockStoreError(this.nowFails, 'write', offset, data.length);
+    // MemoryStore.write does its copy before its first await.
+    void this.inner.write(offset, data);
+    this.events.push(`writeNow ${offset}+${data.length}`);
+    return true;
+  }
+}
+
+/** Lets the microtasks queued so far run, but no event-loop turn (no I/O, no setImmediate). */
+async function microtasks(): Promise<void> {
+  for (let i = 0; i < 10; i++) await Promise.resolve();
+}
+
+function rig(size = 1024 * KiB, store: ControlledStore = new ControlledStore(size)): Rig {
   const lock = new RangeLock();
   const sent: Packet[] = [];
   const written: Array<[number, number]> = [];
@@ -336,5 +358,82 @@ describe('Receiver: failing writes', () => {
       { kind: 'neg-ack', seq: 1, errno: 5 },
       { kind: 'barrier-ack', epoch: 1, writes: 1 },
     ]);
+  });
+});
+
+describe('Receiver: a small write done at once (writeNow)', () => {
+  it('a lone DATA is written at once and acknowledged within the same turn, with no pool write', async () => {
+    const store = new NowStore(1024 * KiB);
+    const r = rig(undefined, store);
+    r.receiver.handle(data(1, 8 * KiB, 4 * KiB, 7));
+    expect(store.events).toEqual(['writeNow 8192+4096']); // before handle() returned
+    await microtasks();
+    expect(r.sent).toEqual([{ kind: 'write-ack', seq: 1 }]);
+    expect(r.written).toEqual([[8 * KiB, 4 * KiB]]);
+    expect(r.receiver.writesApplied).toBe(1);
+    expect(await bytesAt(store, 8 * KiB, 4 * KiB)).toEqual(Buffer.alloc(4 * KiB, 7));
+    expect(r.lock.size).toBe(0);
+  });
+
+  it('goes through the queue when other writes are being applied, when its range is held, with FUA, or when large', async () => {
+    const store = new NowStore(1024 * KiB);
+    const r = rig(undefined, store);
+    // Two in one chunk: the second finds the first still being applied.
+    r.receiver.handle(data(1, 0, 4 * KiB, 1));
+    r.receiver.handle(data(2, 64 * KiB, 4 * KiB, 2));
+    await r.receiver.idle();
+    expect(store.events).toEqual(['writeNow 0+4096', 'write 65536+4096']);
+
+    // A range held by someone else (a resync write): it waits its turn, and lands after it.
+    const release = await r.lock.acquire(0, 8 * KiB);
+    r.receiver.handle(data(3, 4 * KiB, 4 * KiB, 3));
+    await turns();
+    expect(store.events).toHaveLength(2); // not written while the range is held
+    expect(r.sent.map((p) => (p.kind === 'write-ack' ? p.seq : p.kind))).toEqual([1, 2]);
+    release();
+    await r.receiver.idle();
+    expect(store.events.at(-1)).toBe('write 4096+4096');
+
+    // FUA: written through the queue, flushed before the ack.
+    r.receiver.handle(data(4, 0, 4 * KiB, 4, C | WRITE_FLAGS.FUA));
+    await r.receiver.idle();
+    expect(store.events.slice(-2)).toEqual(['write 0+4096', 'flush']);
+
+    // Larger than WRITE_NOW_MAX_BYTES.
+    r.receiver.handle(data(5, 0, WRITE_NOW_MAX_BYTES + 4 * KiB, 5));
+    await r.receiver.idle();
+    expect(store.events.at(-1)).toBe(`write 0+${WRITE_NOW_MAX_BYTES + 4 * KiB}`);
+
+    // Not whole 4 KiB blocks (part of a page the kernel may have to read first).
+    r.receiver.handle(data(6, 512, 4 * KiB, 6));
+    await r.receiver.idle();
+    r.receiver.handle(data(7, 8 * KiB, 1024, 7));
+    await r.receiver.idle();
+    expect(store.events.slice(-2)).toEqual(['write 512+4096', 'write 8192+1024']);
+
+    // Idle and aligned again: at once.
+    r.receiver.handle(data(8, 12 * KiB, 8 * KiB, 8));
+    await r.receiver.idle();
+    expect(store.events.at(-1)).toBe('writeNow 12288+8192');
+    expect(r.sent).toEqual([1, 2, 3, 4, 5, 6, 7, 8].map((seq) => ({ kind: 'write-ack', seq })));
+    expect(await bytesAt(store, 4 * KiB, 4 * KiB)).toEqual(Buffer.alloc(4 * KiB, 5).fill(6, 0, 512));
+  });
+
+  it('a write that fails at once is answered as a queued one: RECV_ACK first, then NEG_ACK, diskFailed, and the barrier still answers', async () => {
+    const store = new NowStore(1024 * KiB);
+    store.nowFails = 'EIO';
+    const r = rig(undefined, store);
+    r.receiver.handle(data(1, 0, 4 * KiB, 1, B | C));
+    r.receiver.handle({ kind: 'barrier', epoch: 1 });
+    await r.receiver.idle();
+    await turns();
+    expect(r.sent).toEqual([
+      { kind: 'recv-ack', seq: 1 },
+      { kind: 'neg-ack', seq: 1, errno: 5 },
+      { kind: 'barrier-ack', epoch: 1, writes: 1 },
+    ]);
+    expect(r.failures.map((f) => [f.op, (f.error as BlockStoreError).errno])).toEqual([['write', 'EIO']]);
+    expect(r.written).toEqual([]);
+    expect(r.receiver.writesApplied).toBe(0);
   });
 });
