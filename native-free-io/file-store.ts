@@ -388,11 +388,10 @@ export class FileStore implements BlockStore {
 
   /** Writes what follows the first `done` bytes of the parts, part by part. */
   private async writePartsFrom(parts: readonly Buffer[], offset: number, done: number): Promise<void> {
-    let at = 0;
-    for (const p of parts) {
-      const end = at + p.length;
-      if (end > done) await this.writeFully(p, p.length, offset + at, Math.max(0, done - at));
-      at = end;
+    let at = offset + done;
+    for (const p of piecesFrom(parts, done)) {
+      await this.writeFully(p, p.length, at);
+      at += p.length;
     }
   }
 

@@ -407,6 +407,20 @@ describe('FileStore: writeNow (a write on the calling thread)', () => {
     expect(await store.read(100, 4200)).toEqual(Buffer.concat(parts));
   });
 
+  it('writev continues a short pwritev with the rest of the pieces (the async path)', async () => {
+    const file = makeFile('shortv.img', Buffer.alloc(64 * KiB));
+    const io: PositionalIo = {
+      ...nodePositionalIo,
+      // the first call moves 1000 bytes of the first piece only
+      writev: (fd, buffers, position) => nodePositionalIo.write(fd, buffers[0]!, 0, Math.min(1000, buffers[0]!.length), position),
+    };
+    const store = await openStore(file, { io });
+    const parts = [randomBytes(2500), randomBytes(1700), randomBytes(300)];
+    await store.writev(100, parts);
+    expect(await store.read(100, 4500)).toEqual(Buffer.concat(parts));
+    expect(store.inFlight).toBe(0);
+  });
+
   it('throws BlockStoreErrors as write rejects: past the end ENOSPC, after close EBADF, the system\'s errno on failure', async () => {
     const file = makeFile('errors.img', Buffer.alloc(16 * KiB));
     const failing: PositionalIo = {
