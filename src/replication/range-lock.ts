@@ -25,6 +25,11 @@ interface Entry {
 
 export type Release = () => void;
 
+/** The entry and [start, end) share at least one byte. */
+function overlap(e: Entry, start: number, end: number): boolean {
+  return e.start < end && start < e.end;
+}
+
 export class RangeLock {
   private readonly entries = new Set<Entry>();
 
@@ -40,7 +45,7 @@ export class RangeLock {
    */
   isFree(offset: number, length: number): boolean {
     const end = offset + length;
-    if (length > 0) for (const other of this.entries) if (other.start < end && offset < other.end) return false;
+    if (length > 0) for (const other of this.entries) if (overlap(other, offset, end)) return false;
     return true;
   }
 
@@ -52,7 +57,7 @@ export class RangeLock {
     const entry: Entry = { start: offset, end: offset + length, blockers: 0, dependents: [], grant: null, released: false };
     if (length > 0) {
       for (const other of this.entries) {
-        if (other.start < entry.end && entry.start < other.end) {
+        if (overlap(other, entry.start, entry.end)) {
           other.dependents.push(entry);
           entry.blockers++;
         }
